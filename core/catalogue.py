@@ -1,0 +1,121 @@
+"""Which photos a folder holds, and which factory and product each belongs to.
+
+Layout convention (`ingest add shoes/factory_a`):
+- factory: the folder's name, unless given explicitly;
+- product id: the subfolder directly under the factory folder when photos sit in product
+  subfolders (`factory_a/SKU123/front.jpg` -> `SKU123`), else the file stem
+  (`factory_a/SKU123.jpg` -> `SKU123`);
+- a manifest CSV (`path,product_id[,factory][,extra columns...]`) overrides both for the
+  photos it lists (a row's `factory` beats `--factory`, which beats the folder name); its
+  paths are relative to the ingested folder (or absolute). Photos it does not list follow
+  the layout convention.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from core.errors import ManifestError
+from core.images import is_photo
+from core.models import PhotoSource
+
+RESERVED_PAYLOAD_KEYS = frozenset(
+    {
+        "factory", "product_id", "photo_path", "photo_sha256", "crop_index", "box",
+        "detector_class", "detector_confidence", "width", "height", "crop_path", "model",
+        "ingested_at",
+    }
+)
+
+
+def iter_photo_files(root: Path) -> Iterator[Path]:
+    """Photo files under `root`, recursively, sorted, hidden entries skipped.
+
+    Symlinked folders are not followed (no loops); symlinked files are.
+    """
+    if root.is_file():
+        if is_photo(root):
+            yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and is_photo(Path(name)):
+                yield Path(dirpath) / name
+
+
+def product_from_layout(root: Path, photo: Path) -> str:
+    """Product id by the folder convention (see module docstring)."""
+    if root.is_file():
+        return photo.stem
+    rel = photo.relative_to(root)
+    return rel.parts[0] if len(rel.parts) > 1 else photo.stem
+
+
+def read_manifest(manifest: Path, root: Path) -> dict[Path, tuple[str, str | None, dict[str, str]]]:
+    """Parse a manifest CSV into {absolute photo path: (product_id, factory or None, extras)}.
+
+    Raises ManifestError naming the file and line for: missing `path`/`product_id` columns,
+    an empty value, a path that does not exist, a path listed twice.
+    """
+    try:
+        handle = open(manifest, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {manifest}: {exc.strerror or exc}") from exc
+    rows: dict[Path, tuple[str, str | None, dict[str, str]]] = {}
+    seen_on: dict[Path, int] = {}
+    base = root if root.is_dir() else root.parent
+    with handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("path", "product_id") if c not in columns]
+        if missing:
+            raise ManifestError(
+                f"{manifest}: line 1: missing column(s) {', '.join(missing)} "
+                f"(found: {', '.join(columns) or 'none'}; need path,product_id[,factory,...])"
+            )
+        for line_no, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            if not row.get("path"):
+                raise ManifestError(f"{manifest}: line {line_no}: empty path")
+            if not row.get("product_id"):
+                raise ManifestError(f"{manifest}: line {line_no}: empty product_id for {row['path']}")
+            photo = Path(row["path"])
+            photo = (photo if photo.is_absolute() else base / photo).resolve()
+            if not photo.is_file():
+                raise ManifestError(f"{manifest}: line {line_no}: no such photo: {row['path']}")
+            if photo in seen_on:
+                raise ManifestError(
+                    f"{manifest}: line {line_no}: {row['path']} is listed twice (first on line {seen_on[photo]})"
+                )
+            seen_on[photo] = line_no
+            extras = {
+                k: v for k, v in row.items() if k and k not in {"path", "product_id", "factory"}
+                and k not in RESERVED_PAYLOAD_KEYS
+            }
+            rows[photo] = (row["product_id"], row.get("factory") or None, extras)
+    return rows
+
+
+def discover(root: Path, factory: str | None = None, manifest: Path | None = None) -> Iterator[PhotoSource]:
+    """Every photo under `root` (plus manifest-listed photos elsewhere) as a PhotoSource."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"no such file or folder: {root}")
+    default_factory = factory or (root.name if root.is_dir() else root.parent.name)
+    listed = read_manifest(manifest, root) if manifest else {}
+    seen: set[Path] = set()
+    for photo in iter_photo_files(root):
+        resolved = photo.resolve()
+        seen.add(resolved)
+        if resolved in listed:
+            product_id, row_factory, extras = listed[resolved]
+            yield PhotoSource(photo.absolute(), row_factory or default_factory, product_id, extras)
+        else:
+            yield PhotoSource(photo.absolute(), default_factory, product_from_layout(root, photo))
+    for photo, (product_id, row_factory, extras) in listed.items():
+        if photo not in seen:
+            yield PhotoSource(photo, row_factory or default_factory, product_id, extras)

@@ -1,0 +1,121 @@
+"""CLIP embeddings through sentence-transformers: images and text in one vector space."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from core.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class Embedder(Protocol):
+    """Turns crops and texts into L2-normalized float32 vectors of one space."""
+
+    model_id: str
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def model_id_for(model: str) -> str:
+    """The name recorded in the collection: a local directory counts by its folder name,
+    so `./models/clip-ViT-B-32` and `clip-ViT-B-32` are the same model."""
+    path = Path(model)
+    if path.is_dir():
+        return path.resolve().name
+    return model.removeprefix("sentence-transformers/")
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def clean_query_text(text: str) -> str:
+    """Make sure a text query is embedded as text.
+
+    sentence-transformers treats a string that looks like an image path, URL or data URI
+    as an image; CLIP's tokenizer strips outer whitespace, so padding changes nothing else.
+    """
+    return f" {' '.join(text.split())} "
+
+
+class ClipEmbedder:
+    """A sentence-transformers CLIP model, loaded on first use (or by `load()`)."""
+
+    def __init__(self, model: str, device: str = "auto", batch_size: int = 32) -> None:
+        self.model_name = model
+        self.model_id = model_id_for(model)
+        self.device = device
+        self.batch_size = batch_size
+        self._model = None
+        self._dimension: int | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            path = Path(self.model_name)
+            if ("/" in self.model_name and not self.model_name.startswith("sentence-transformers/")
+                    or self.model_name.startswith(".")) and not path.exists():
+                raise ModelUnavailable(
+                    f"CLIP model folder not found: {self.model_name}. Set CLIP_MODEL to a folder holding "
+                    f"a sentence-transformers CLIP model, or to a model name such as clip-ViT-B-32."
+                )
+            try:
+                from sentence_transformers import SentenceTransformer
+
+                device = resolve_device(self.device)
+                model = SentenceTransformer(self.model_name, device=device)
+                if device == "cuda":
+                    model.half()
+            except Exception as exc:
+                raise ModelUnavailable(
+                    f"CLIP model '{self.model_name}' could not be loaded ({type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0][:200]}). It downloads on first use when online; "
+                    f"offline, set CLIP_MODEL to a local folder with the model (e.g. one saved by "
+                    f"SentenceTransformer('clip-ViT-B-32').save(PATH))."
+                ) from exc
+            get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            self._dimension = int(get_dim())
+            self._model = model
+
+    @property
+    def dimension(self) -> int:
+        self.load()
+        assert self._dimension is not None
+        return self._dimension
+
+    def _encode(self, items: list) -> np.ndarray:
+        self.load()
+        if not items:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._model.encode(
+            items,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self._encode(list(images))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode([clean_query_text(t) for t in texts])

@@ -1,0 +1,35 @@
+"""Errors a user can act on. The CLI and the UI turn them into one clear line."""
+
+from __future__ import annotations
+
+
+class ShoeSearchError(Exception):
+    """Base class: the message is what the user reads, so it says what to do next."""
+
+
+class ModelUnavailable(ShoeSearchError):
+    """A model (CLIP or detector) could not be found or loaded."""
+
+
+class StoreUnavailable(ShoeSearchError):
+    """The vector store cannot be reached or opened."""
+
+
+class StoreLocked(StoreUnavailable):
+    """Another process holds the embedded store."""
+
+
+class SchemaMismatch(ShoeSearchError):
+    """The collection was built with another embedding model or vector size."""
+
+
+class EmptyIndex(ShoeSearchError):
+    """Nothing has been ingested yet."""
+
+
+class BadImage(ShoeSearchError):
+    """A photo cannot be decoded (corrupt, unsupported, too large)."""
+
+
+class ManifestError(ShoeSearchError):
+    """A manifest CSV is malformed; the message names the line."""

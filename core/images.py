@@ -1,0 +1,109 @@
+"""Safe photo decoding: size limits, EXIF orientation, every mode to 8-bit RGB."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from core.errors import BadImage
+
+PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+# Truncated files must fail loudly, not decode as half-grey pictures.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_photo(path: Path) -> bool:
+    return path.suffix.lower() in PHOTO_EXTENSIONS
+
+
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (no decode)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_photo(path: Path, max_pixels: int) -> Image.Image:
+    """Decode `path` into an upright 8-bit RGB image.
+
+    Raises BadImage with a short reason for: empty or non-image files, truncated data,
+    photos over `max_pixels` (checked from the header, before decoding the pixels).
+    Animated images give their first frame; alpha is composited onto white.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise BadImage("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise BadImage(
+                        f"image too large: {width}x{height} = {width * height:,} pixels "
+                        f"(limit MAX_IMAGE_PIXELS={max_pixels:,})"
+                    )
+                img.seek(0)
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                return to_rgb(upright)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"image too large: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImage("not an image Pillow can read (unknown format or corrupt header)") from exc
+    except PermissionError as exc:
+        raise BadImage(f"permission denied: {exc.strerror}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"cannot decode: {exc}") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (CMYK, P, LA, RGBA, I;16, I, F, 1, L) to 8-bit RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def expand_box(
+    box: tuple[int, int, int, int], margin: float, width: int, height: int
+) -> tuple[int, int, int, int]:
+    """Grow a box by `margin` of its size on each side, clamped to the image."""
+    x1, y1, x2, y2 = box
+    dx = (x2 - x1) * margin
+    dy = (y2 - y1) * margin
+    return (
+        max(0, int(round(x1 - dx))),
+        max(0, int(round(y1 - dy))),
+        min(width, int(round(x2 + dx))),
+        min(height, int(round(y2 + dy))),
+    )
+
+
+def save_thumbnail(img: Image.Image, path: Path, max_side: int) -> None:
+    """Write a JPEG thumbnail (longest side `max_side`) atomically."""
+    thumb = img.copy()
+    thumb.thumbnail((max_side, max_side))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    thumb.save(tmp, format="JPEG", quality=85)
+    tmp.replace(path)

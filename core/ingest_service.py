@@ -1,0 +1,242 @@
+"""Ingest: photos -> hash -> (skip known) -> decode -> detect -> crop -> embed -> upsert.
+
+The service takes its parts as arguments (store, embedder, detector), so tests can pass
+tiny real models or a fake detector, and the CLI and the UI share one code path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from core.detector import Detector
+from core.embedder import Embedder
+from core.errors import BadImage
+from core.ids import point_id
+from core.images import expand_box, file_sha256, load_photo, save_thumbnail
+from core.models import Detection, FailedPhoto, IngestReport, PhotoSource
+from core.store import Store, StoredPoint, check_model
+
+# Past this many points the embedded store builds its HNSW index after an ingest run.
+OPTIMIZE_MIN_POINTS = 20_000
+
+ProgressFn = Callable[[int, str], None]  # (photos done so far, current photo path)
+
+
+def iter_batches(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class _Hashed:
+    source: PhotoSource
+    sha256: str
+
+    @property
+    def first_id(self) -> str:
+        return point_id(self.source.factory, self.sha256, 0)
+
+    def catalogue_payload(self) -> dict[str, Any]:
+        """The payload fields that come from where the file lies, not from its bytes."""
+        return {"photo_path": str(self.source.path), "product_id": self.source.product_id, **self.source.extras}
+
+
+class IngestService:
+    """Adds photos to the index and removes them. Reruns are cheap and never duplicate."""
+
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        detector: Detector,
+        data_dir: Path,
+        *,
+        batch_size: int = 32,
+        crop_margin: float = 0.08,
+        thumbnail_size: int = 256,
+        max_image_pixels: int = 80_000_000,
+        workers: int = 2,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.detector = detector
+        self.data_dir = Path(data_dir)
+        self.batch_size = batch_size
+        self.crop_margin = crop_margin
+        self.thumbnail_size = thumbnail_size
+        self.max_image_pixels = max_image_pixels
+        self.workers = workers
+        self._collection_ready = False
+
+    # ------------------------------------------------------------------ add
+
+    def add(self, sources: Iterable[PhotoSource], factory: str, progress: ProgressFn | None = None) -> IngestReport:
+        """Ingest `sources`. Failed photos are reported, never fatal. Returns the report."""
+        started = time.perf_counter()
+        report = IngestReport(factory=factory)
+        info = self.store.info()
+        if info is not None:
+            # Before any model loads: refuse to mix embedding spaces.
+            check_model(info, self.store.collection, self.store.location, self.embedder.model_id, None)
+        seen_keys: set[tuple[str, str]] = set()
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for batch in iter_batches(sources, self.batch_size):
+                self._add_batch(batch, report, seen_keys, pool)
+                if progress:
+                    progress(report.photos_seen, str(batch[-1].path))
+        if report.crops_added and self.store.count() >= OPTIMIZE_MIN_POINTS:
+            self.store.optimize()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _add_batch(self, batch: Sequence[PhotoSource], report: IngestReport,
+                   seen_keys: set[tuple[str, str]], pool: ThreadPoolExecutor) -> None:
+        report.photos_seen += len(batch)
+        hashed: list[_Hashed] = []
+        for source, result in zip(batch, pool.map(_hash_or_error, [s.path for s in batch])):
+            if isinstance(result, FailedPhoto):
+                report.photos_failed.append(result)
+                continue
+            key = (source.factory, result)
+            if key in seen_keys:
+                # The same bytes twice in one factory: the first path seen keeps the point.
+                report.photos_unchanged += 1
+                continue
+            seen_keys.add(key)
+            hashed.append(_Hashed(source, result))
+
+        known = {p.id: p for p in self.store.retrieve([h.first_id for h in hashed])}
+        new: list[_Hashed] = []
+        for item in hashed:
+            stored = known.get(item.first_id)
+            if stored is None:
+                new.append(item)
+                continue
+            wanted = item.catalogue_payload()
+            if all(stored.payload.get(k) == v for k, v in wanted.items()):
+                report.photos_unchanged += 1
+            else:  # moved, renamed, or re-labelled: same bytes, so same points
+                ids = [p.id for p in self.store.scroll(
+                    {"factory": [item.source.factory], "photo_sha256": [item.sha256]})]
+                self.store.set_payload(ids, wanted)
+                report.photos_updated += 1
+        if not new:
+            return
+
+        decoded = list(pool.map(self._decode_or_error, [h.source.path for h in new]))
+        photos = []
+        for item, result in zip(new, decoded):
+            if isinstance(result, FailedPhoto):
+                report.photos_failed.append(result)
+            else:
+                photos.append((item, result))
+        if not photos:
+            return
+
+        detections = self.detector.detect([img for _, img in photos])
+        crops, payloads = [], []
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for (item, img), found in zip(photos, detections):
+            for index, (crop, detection, box) in enumerate(self._crops(img, found)):
+                pid = point_id(item.source.factory, item.sha256, index)
+                crops.append(crop)
+                payloads.append((pid, {
+                    "factory": item.source.factory,
+                    **item.catalogue_payload(),
+                    "photo_sha256": item.sha256,
+                    "crop_index": index,
+                    "box": list(box) if box else None,
+                    "detector_class": detection.label if detection else None,
+                    "detector_confidence": round(detection.confidence, 4) if detection else None,
+                    "width": crop.width,
+                    "height": crop.height,
+                    "photo_width": img.width,
+                    "photo_height": img.height,
+                    "crop_path": self._thumbnail_relpath(pid),
+                    "model": self.embedder.model_id,
+                    "ingested_at": now,
+                }))
+
+        vectors = self.embedder.embed_images(crops)
+        if not self._collection_ready:
+            self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]))
+            self._collection_ready = True
+        list(pool.map(lambda pair: save_thumbnail(pair[0], self.data_dir / pair[1][1]["crop_path"],
+                                                  self.thumbnail_size), zip(crops, payloads)))
+        # A photo edited in place (same path, new bytes): its old crops are stale.
+        self._drop_replaced([item for item, _ in photos])
+        self.store.upsert([StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)])
+        report.photos_added += len(photos)
+        report.crops_added += len(crops)
+
+    def _crops(self, img, found: list[Detection]):
+        """(crop image, detection or None, box or None) for each shoe; the whole photo if none."""
+        if not found:
+            yield img, None, None
+            return
+        for detection in found:
+            box = expand_box(detection.box, self.crop_margin, img.width, img.height)
+            yield img.crop(box), detection, box
+
+    def _drop_replaced(self, items: Sequence[_Hashed]) -> None:
+        by_path = {str(i.source.path): i for i in items}
+        stale = [
+            p for p in self.store.scroll({"photo_path": list(by_path)})
+            if p.payload.get("factory") == by_path[p.payload["photo_path"]].source.factory
+            and p.payload.get("photo_sha256") != by_path[p.payload["photo_path"]].sha256
+        ]
+        self._delete_points(stale)
+
+    def _decode_or_error(self, path: Path):
+        try:
+            return load_photo(path, self.max_image_pixels)
+        except BadImage as exc:
+            return FailedPhoto(str(path), str(exc))
+
+    @staticmethod
+    def _thumbnail_relpath(pid: str) -> str:
+        return f"crops/{pid[:2]}/{pid}.jpg"
+
+    # ------------------------------------------------------------------ remove
+
+    def find(self, factory: str | None = None, path: Path | None = None) -> list[StoredPoint]:
+        """Points of a factory and/or of photos at `path` (a file, or every photo under a folder)."""
+        where = {"factory": [factory]} if factory else None
+        points = self.store.scroll(where)
+        if path is None:
+            return list(points)
+        target = str(Path(path).absolute())
+        return [p for p in points
+                if p.payload.get("photo_path") == target or p.payload.get("photo_path", "").startswith(target.rstrip("/") + "/")]
+
+    def remove(self, points: Sequence[StoredPoint]) -> int:
+        """Delete `points` (from `find`) and their thumbnails. Returns how many were deleted."""
+        self._delete_points(points)
+        return len(points)
+
+    def _delete_points(self, points: Sequence[StoredPoint]) -> None:
+        if not points:
+            return
+        self.store.delete([p.id for p in points])
+        for point in points:
+            if point.payload.get("crop_path"):
+                (self.data_dir / point.payload["crop_path"]).unlink(missing_ok=True)
+
+
+def _hash_or_error(path: Path) -> str | FailedPhoto:
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        return FailedPhoto(str(path), f"cannot read: {exc.strerror or exc}")

@@ -1,0 +1,68 @@
+"""Plain data passed between the services, the CLI and the UI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PhotoSource:
+    """One photo file to ingest, with the catalogue facts known before decoding it."""
+
+    path: Path
+    factory: str
+    product_id: str
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One shoe found by the detector, in pixel coordinates of the upright photo."""
+
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2
+    label: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a stored crop, its score and its payload."""
+
+    point_id: str
+    score: float
+    payload: dict[str, Any]
+
+    @property
+    def factory(self) -> str:
+        return self.payload.get("factory", "")
+
+    @property
+    def product_id(self) -> str:
+        return self.payload.get("product_id", "")
+
+
+@dataclass
+class FailedPhoto:
+    path: str
+    error: str
+
+
+@dataclass
+class IngestReport:
+    """What one `ingest add` run did. `to_dict()` is the CLI's `--json` output."""
+
+    factory: str
+    photos_seen: int = 0
+    photos_added: int = 0
+    photos_unchanged: int = 0
+    photos_updated: int = 0  # same bytes already indexed, path / product / extras changed
+    photos_failed: list[FailedPhoto] = field(default_factory=list)
+    crops_added: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        return data

@@ -1,0 +1,65 @@
+"""All settings, read from environment variables and an optional `.env` file.
+
+Build one `Settings()` at the edge (CLI command, UI start-up) and pass it down;
+nothing in `core` reads the environment on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+OIV7_FOOTWEAR = ["Footwear", "Boot", "High heels", "Sandal", "Roller skates"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the product. Env var names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Embedded store, thumbnails and reports live here.")
+    qdrant_url: str = Field("", description="Qdrant server URL; empty means the embedded store under DATA_DIR.")
+    qdrant_api_key: str = Field("", description="API key for the Qdrant server (if it requires one).")
+    qdrant_collection: str = Field("shoes", description="Collection (embedded: shard folder) name.")
+
+    clip_model: str = Field("clip-ViT-B-32", description="sentence-transformers CLIP name or local directory.")
+    detector_model: str = Field("yolov8n-oiv7.pt", description="ultralytics YOLO weights name or file; 'none' = off.")
+    detector_classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(OIV7_FOOTWEAR),
+        description="Detector class names kept as shoes (comma-separated).",
+    )
+    detect_confidence: float = Field(0.25, ge=0.0, le=1.0)
+    detect_image_size: int = Field(640, ge=32, description="YOLO input size in pixels.")
+    crop_margin: float = Field(0.08, ge=0.0, le=1.0, description="Margin added around each box, as a fraction.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
+
+    max_image_pixels: int = Field(80_000_000, ge=1, description="Larger photos are refused (decompression bombs).")
+    thumbnail_size: int = Field(256, ge=32, description="Longest side of the stored crop thumbnails.")
+
+    @field_validator("detector_classes", mode="before")
+    @classmethod
+    def _split_classes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("qdrant_url", "qdrant_api_key", "detector_model", "clip_model", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
+    @property
+    def detection_enabled(self) -> bool:
+        return self.detector_model.lower() not in {"", "none", "off"}
+
+    @property
+    def embedded_store_dir(self) -> Path:
+        return self.data_dir / "qdrant-edge"
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.data_dir / "crops"

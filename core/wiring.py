@@ -1,0 +1,51 @@
+"""The one place where settings become real objects (store, models, services)."""
+
+from __future__ import annotations
+
+from core.detector import Detector, NoDetector, YoloDetector
+from core.embedder import ClipEmbedder
+from core.ingest_service import IngestService
+from core.search_service import SearchService
+from core.settings import Settings
+from core.store import EdgeStore, QdrantClientStore, Store
+
+
+def open_store(settings: Settings) -> Store:
+    """The server store when QDRANT_URL is set, else the embedded store (locked) under DATA_DIR."""
+    if settings.qdrant_url:
+        return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
+    return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection)
+
+
+def build_embedder(settings: Settings) -> ClipEmbedder:
+    return ClipEmbedder(settings.clip_model, device=settings.device, batch_size=settings.batch_size)
+
+
+def build_detector(settings: Settings) -> Detector:
+    if not settings.detection_enabled:
+        return NoDetector()
+    return YoloDetector(
+        settings.detector_model,
+        classes=settings.detector_classes,
+        confidence=settings.detect_confidence,
+        image_size=settings.detect_image_size,
+        device=settings.device,
+        batch_size=settings.batch_size,
+    )
+
+
+def ingest_service(settings: Settings, store: Store) -> IngestService:
+    return IngestService(
+        store,
+        build_embedder(settings),
+        build_detector(settings),
+        settings.data_dir,
+        batch_size=settings.batch_size,
+        crop_margin=settings.crop_margin,
+        thumbnail_size=settings.thumbnail_size,
+        max_image_pixels=settings.max_image_pixels,
+    )
+
+
+def search_service(settings: Settings, store: Store) -> SearchService:
+    return SearchService(store, build_embedder(settings), build_detector(settings), crop_margin=settings.crop_margin)

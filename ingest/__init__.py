@@ -1,0 +1,1 @@
+"""The `ingest` command line: add photos, search, stats, remove."""

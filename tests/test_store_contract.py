@@ -1,0 +1,189 @@
+"""One contract, every backend: the embedded Edge store and qdrant-client (server code path,
+exercised on qdrant-client's local mode, which implements the same API)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from core.errors import SchemaMismatch, StoreLocked
+from core.store import EdgeStore, QdrantClientStore, StoredPoint
+
+DIM = 16
+
+
+def _open(kind, tmp_path):
+    if kind == "edge":
+        return EdgeStore(tmp_path / "edge", "shoes")
+    from qdrant_client import QdrantClient
+
+    return QdrantClientStore(QdrantClient(":memory:"), "shoes", "qdrant-client :memory:")
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+def store(request, tmp_path):
+    s = _open(request.param, tmp_path)
+    yield s
+    s.close()
+
+
+def _points(n, rng, factories=("a", "b", "c", "d")):
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [
+        StoredPoint(str(uuid.UUID(int=i + 1)), {"factory": factories[i % len(factories)], "product_id": f"P{i % 50}",
+                                               "crop_index": i % 3}, vectors[i])
+        for i in range(n)
+    ]
+
+
+def test_empty_store_answers_empty(store):
+    assert store.info() is None
+    assert store.count() == 0 and store.facet("factory") == {}
+    assert store.query(np.ones(DIM)) == [] and list(store.scroll()) == []
+
+
+def test_collection_records_model_and_refuses_another(store):
+    info = store.ensure_collection("clip-A", DIM)
+    assert (info.model, info.dimension) == ("clip-A", DIM)
+    assert store.ensure_collection("clip-A", DIM) == store.info()
+    with pytest.raises(SchemaMismatch, match="model 'clip-A'.*CLIP_MODEL is 'clip-B'"):
+        store.ensure_collection("clip-B", DIM)
+    with pytest.raises(SchemaMismatch):
+        store.ensure_collection("clip-A", DIM * 2)
+
+
+def test_upsert_retrieve_update_delete(store):
+    store.ensure_collection("m", DIM)
+    points = _points(10, np.random.default_rng(1))
+    store.upsert(points)
+    store.upsert(points[:3])  # same ids: no duplicates
+    assert store.count() == 10
+    got = {p.id: p for p in store.retrieve([points[0].id, points[1].id, str(uuid.uuid4())], with_vectors=True)}
+    assert set(got) == {points[0].id, points[1].id}
+    assert got[points[0].id].payload["factory"] == "a"
+    np.testing.assert_allclose(got[points[0].id].vector, points[0].vector, atol=1e-6)
+    store.set_payload([points[0].id], {"product_id": "NEW", "photo_path": "/x.jpg"})
+    [updated] = store.retrieve([points[0].id])
+    assert updated.payload["product_id"] == "NEW" and updated.payload["factory"] == "a"
+    store.delete([points[0].id, points[1].id])
+    assert store.count() == 8 and store.retrieve([points[0].id]) == []
+
+
+def test_count_facet_scroll_with_filters(store):
+    store.ensure_collection("m", DIM)
+    points = _points(103, np.random.default_rng(2))
+    store.upsert(points)
+    assert store.facet("factory") == {"a": 26, "b": 26, "c": 26, "d": 25}
+    assert store.count({"factory": ["a", "b"]}) == 52
+    first_crops = Counter(p.payload["factory"] for p in points if p.payload["crop_index"] == 0)
+    assert store.facet("factory", where={"crop_index": [0]}) == dict(first_crops)
+    assert sum(first_crops.values()) == 35
+    scrolled = list(store.scroll({"factory": ["d"]}, with_vectors=True, batch_size=7))
+    assert len(scrolled) == 25 and len({p.id for p in scrolled}) == 25
+    assert all(p.payload["factory"] == "d" and p.vector.shape == (DIM,) for p in scrolled)
+
+
+def test_filtered_query_equals_brute_force(store):
+    """Recall against numpy on a few thousand points: filtered results are exact."""
+    rng = np.random.default_rng(3)
+    points = _points(3000, rng)
+    store.ensure_collection("m", DIM)
+    for start in range(0, len(points), 500):
+        store.upsert(points[start:start + 500])
+    store.optimize()
+    matrix = np.stack([p.vector for p in points])
+    factories = np.array([p.payload["factory"] for p in points])
+    queries = rng.normal(size=(20, DIM)).astype(np.float32)
+    for q in queries:
+        q /= np.linalg.norm(q)
+        for allowed in (["b"], ["a", "c"], None):
+            mask = np.isin(factories, allowed) if allowed else np.ones(len(points), bool)
+            scores = np.where(mask, matrix @ q, -np.inf)
+            expected = [points[i].id for i in np.argsort(-scores)[:20]]
+            hits = store.query(q, where={"factory": allowed} if allowed else None, limit=20)
+            assert [h.point_id for h in hits] == expected
+            assert all(h.factory in (allowed or "abcd") for h in hits)
+            np.testing.assert_allclose([h.score for h in hits], np.sort(scores)[::-1][:20], atol=1e-5)
+
+
+def test_score_threshold(store):
+    store.ensure_collection("m", DIM)
+    points = _points(50, np.random.default_rng(4))
+    store.upsert(points)
+    hits = store.query(points[0].vector, limit=50, score_threshold=0.5)
+    assert hits[0].point_id == points[0].id and abs(hits[0].score - 1.0) < 1e-5
+    assert all(h.score >= 0.5 for h in hits) and len(hits) < 50
+
+
+def test_edge_store_persists_across_reopen(tmp_path):
+    store = EdgeStore(tmp_path / "edge", "shoes")
+    store.ensure_collection("m", DIM)
+    points = _points(40, np.random.default_rng(5))
+    store.upsert(points)
+    store.close()
+    again = EdgeStore(tmp_path / "edge", "shoes")
+    try:
+        assert again.info().model == "m" and again.count() == 40
+        assert again.query(points[7].vector, limit=1)[0].point_id == points[7].id
+    finally:
+        again.close()
+
+
+def test_edge_store_is_locked_against_a_second_process(tmp_path):
+    store = EdgeStore(tmp_path / "edge", "shoes")
+    store.ensure_collection("m", DIM)
+    store.upsert(_points(5, np.random.default_rng(6)))
+    try:
+        with pytest.raises(StoreLocked):  # a second open in this process is refused too
+            EdgeStore(tmp_path / "edge", "shoes")
+        code = textwrap.dedent(f"""
+            from pathlib import Path
+            from core.errors import StoreLocked
+            from core.store import EdgeStore
+            try:
+                EdgeStore(Path({str(tmp_path / 'edge')!r}), "shoes")
+            except StoreLocked as exc:
+                print("LOCKED", exc)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert "LOCKED" in out.stdout and f"in use by process {__import__('os').getpid()}" in out.stdout
+        assert store.count() == 5  # the holder is undamaged
+    finally:
+        store.close()
+    reopened = EdgeStore(tmp_path / "edge", "shoes")  # released on close
+    assert reopened.count() == 5
+    reopened.close()
+
+
+def test_edge_lock_is_released_when_the_holder_is_killed(tmp_path):
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        import numpy as np
+        from core.store import EdgeStore, StoredPoint
+        s = EdgeStore(Path({str(tmp_path / 'edge')!r}), "shoes")
+        s.ensure_collection("m", {DIM})
+        s.upsert([StoredPoint("00000000-0000-0000-0000-000000000001", {{"factory": "a"}}, np.ones({DIM}))])
+        print("READY", flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        with pytest.raises(StoreLocked, match=f"process {proc.pid}"):
+            EdgeStore(tmp_path / "edge", "shoes")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    store = EdgeStore(tmp_path / "edge", "shoes")  # kill -9 left no lock, and the data reloads
+    try:
+        assert store.count() == 1 and store.info().model == "m"
+    finally:
+        store.close()

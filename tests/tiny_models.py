@@ -1,0 +1,67 @@
+"""Tiny real models built at test time (no download): a CLIP for sentence-transformers, a YOLO.
+
+Random weights give meaningless similarities: tests use them for plumbing and contracts;
+ranking logic is tested with hand-made vectors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-level BPE alphabet (256 printable stand-ins for the bytes)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def build_tiny_clip(directory: Path, projection_dim: int = 16, seed: int = 0) -> Path:
+    """A ~360 KB CLIP (hidden 32, 2 layers, 64 px images) loadable by SentenceTransformer(directory)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    common = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+    text_config = dict(common, vocab_size=len(vocab), max_position_embeddings=77,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       bos_token_id=tokenizer.bos_token_id)
+    vision_config = dict(common, image_size=64, patch_size=16)
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim))
+    model.save_pretrained(directory)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size=64, crop_size=64), tokenizer=tokenizer)
+    processor.save_pretrained(directory)
+    return directory
+
+
+FOOTWEAR_NAMES = ["Footwear", "Boot", "High heels", "Sandal", "Roller skates"]
+
+
+def build_tiny_yolo(path: Path) -> Path:
+    """A random-init YOLOv8n whose classes are the Open Images footwear names, saved as .pt."""
+    import yaml
+    from ultralytics import YOLO
+    from ultralytics.utils import ROOT
+
+    cfg = yaml.safe_load((ROOT / "cfg" / "models" / "v8" / "yolov8.yaml").read_text())
+    cfg["nc"] = len(FOOTWEAR_NAMES)
+    cfg_path = path.with_name("tiny-shoes-yolov8n.yaml")
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    model = YOLO(str(cfg_path))
+    model.model.names = dict(enumerate(FOOTWEAR_NAMES))
+    model.save(str(path))
+    return path
