@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _pillow_open():
+    """Pillow's own `Image.open`.
+
+    ultralytics replaces `PIL.Image.open` on import with a wrapper that, for a file Pillow
+    cannot identify, tries to pip-install pi-heif (or raises ModuleNotFoundError offline).
+    A corrupt photo must be a clear per-file reason, never an install attempt.
+    """
+    patches = sys.modules.get("ultralytics.utils.patches")
+    if patches is not None and Image.open is getattr(patches, "image_open", None):
+        return patches._image_open
+    return Image.open
+
+
 def load_photo(path: Path, max_pixels: int) -> Image.Image:
     """Decode `path` into an upright 8-bit RGB image.
 
@@ -42,7 +56,7 @@ def load_photo(path: Path, max_pixels: int) -> Image.Image:
             raise BadImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with _pillow_open()(path) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadImage(

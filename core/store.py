@@ -295,7 +295,8 @@ class EdgeStore:
             return {}
         with self._lock:
             response = self._shard.facet(FacetRequest(key, limit=100_000, exact=True, filter=self._filter(where)))
-        return {str(hit.value): int(hit.count) for hit in response.hits}
+        # Edge's exact facet keeps values whose points were all deleted, with count 0.
+        return {str(hit.value): int(hit.count) for hit in response.hits if hit.count > 0}
 
     def optimize(self) -> None:
         """Build the HNSW index (unfiltered queries); blocking."""

@@ -95,3 +95,13 @@ def test_sha256_is_of_the_bytes(tmp_path):
     a.write_bytes(b"shoe")
     b.write_bytes(b"shoe")
     assert file_sha256(a) == file_sha256(b) == "efda1c925291a74c51bb958e56bf3589677a4a3880ddf40b8323b0235b3ced09"
+
+
+def test_unreadable_file_after_ultralytics_import_is_still_a_clear_reason(tmp_path):
+    """ultralytics patches Image.open to pip-install pi-heif on unknown files; we bypass it."""
+    import ultralytics.utils.patches  # noqa: F401  (applies the patch)
+
+    path = tmp_path / "notes.jpg"
+    path.write_text("not a photo")
+    with pytest.raises(BadImage, match="not an image Pillow can read"):
+        load_photo(path, LIMIT)

@@ -74,6 +74,8 @@ def test_upsert_retrieve_update_delete(store):
     assert updated.payload["product_id"] == "NEW" and updated.payload["factory"] == "a"
     store.delete([points[0].id, points[1].id])
     assert store.count() == 8 and store.retrieve([points[0].id]) == []
+    store.delete([p.id for p in points if p.payload["factory"] == "b"])
+    assert set(store.facet("factory")) == {"a", "c", "d"}  # no value left with count 0
 
 
 def test_count_facet_scroll_with_filters(store):

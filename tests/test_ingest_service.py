@@ -1,0 +1,165 @@
+"""The ingest pipeline on real files, a real Edge store, the tiny real CLIP and a blob detector."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.catalogue import discover
+from core.errors import SchemaMismatch
+from core.ids import point_id
+from core.images import file_sha256
+from core.ingest_service import IngestService
+from core.sample_catalogue import make_catalogue
+from core.store import EdgeStore
+from tests.conftest import CountingEmbedder, two_shoes_photo
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = EdgeStore(tmp_path / "data" / "qdrant-edge", "shoes")
+    yield s
+    s.close()
+
+
+def _service(store, embedder, detector, tmp_path, **kw):
+    return IngestService(store, embedder, detector, tmp_path / "data", batch_size=4, **kw)
+
+
+def test_every_detected_shoe_becomes_a_crop_with_full_payload(tmp_path, store, counting_embedder, blob_detector):
+    photo = two_shoes_photo(tmp_path / "factory_a" / "SKU1" / "pair.jpg")
+    service = _service(store, counting_embedder, blob_detector, tmp_path, crop_margin=0.0)
+    report = service.add(discover(tmp_path / "factory_a"), "factory_a")
+    assert (report.photos_added, report.crops_added, report.photos_failed) == (1, 2, [])
+    sha = file_sha256(photo)
+    points = sorted(store.scroll(with_vectors=True), key=lambda p: p.payload["crop_index"])
+    assert [p.id for p in points] == [point_id("factory_a", sha, 0), point_id("factory_a", sha, 1)]
+    left, right = (p.payload for p in points)
+    assert left["box"] == [30, 80, 150, 160] and right["box"] == [250, 70, 350, 160]
+    assert (left["width"], left["height"], left["photo_width"], left["photo_height"]) == (120, 80, 400, 200)
+    for payload in (left, right):
+        assert payload["factory"] == "factory_a" and payload["product_id"] == "SKU1"
+        assert payload["photo_path"] == str(photo.absolute()) and payload["photo_sha256"] == sha
+        assert payload["detector_class"] == "Footwear" and payload["detector_confidence"] == 0.9
+        assert payload["model"] == counting_embedder.model_id and payload["ingested_at"].endswith("+00:00")
+        thumb = tmp_path / "data" / payload["crop_path"]
+        assert thumb.is_file() and Image.open(thumb).format == "JPEG"
+    # The stored vector is the CLIP vector of the crop itself, normalized.
+    crop = Image.open(photo).convert("RGB").crop((30, 80, 150, 160))
+    np.testing.assert_allclose(points[0].vector, counting_embedder.embed_images([crop])[0], atol=1e-4)
+    assert abs(np.linalg.norm(points[0].vector) - 1) < 1e-4
+
+
+def test_photo_without_detection_is_embedded_whole(tmp_path, store, tiny_embedder):
+    from core.detector import NoDetector
+
+    path = tmp_path / "f" / "P9.png"
+    path.parent.mkdir()
+    Image.new("RGB", (90, 60), (10, 200, 10)).save(path)
+    report = _service(store, tiny_embedder, NoDetector(), tmp_path).add(discover(tmp_path / "f"), "f")
+    [point] = list(store.scroll())
+    assert report.crops_added == 1
+    assert point.payload["box"] is None and point.payload["detector_class"] is None
+    assert (point.payload["width"], point.payload["height"], point.payload["product_id"]) == (90, 60, "P9")
+
+
+def test_rerun_adds_nothing_and_embeds_nothing(tmp_path, store, counting_embedder, blob_detector):
+    catalogue = make_catalogue(tmp_path / "shoes", factories=1, products_per_factory=4)
+    first = _service(store, counting_embedder, blob_detector, tmp_path).add(discover(catalogue.factory_dir("factory_a")), "factory_a")
+    count, embedded = store.count(), counting_embedder.images_embedded
+    assert first.photos_added == len(catalogue.photos) == 12 and count >= 12
+    fresh = CountingEmbedder(counting_embedder.inner)
+    second = _service(store, fresh, blob_detector, tmp_path).add(discover(catalogue.factory_dir("factory_a")), "factory_a")
+    assert (second.photos_seen, second.photos_unchanged, second.photos_added, second.crops_added) == (12, 12, 0, 0)
+    assert fresh.images_embedded == 0 and store.count() == count and embedded == count
+
+
+def test_moved_photo_is_updated_not_duplicated(tmp_path, store, tiny_embedder, blob_detector):
+    root = tmp_path / "factory_a"
+    photo = two_shoes_photo(root / "OLD-SKU" / "a.jpg")
+    service = _service(store, tiny_embedder, blob_detector, tmp_path)
+    service.add(discover(root), "factory_a")
+    ids_before = sorted(p.id for p in store.scroll())
+    moved = root / "NEW-SKU" / "renamed.jpg"
+    moved.parent.mkdir()
+    shutil.move(photo, moved)
+    (root / "OLD-SKU").rmdir()
+    report = service.add(discover(root), "factory_a")
+    assert (report.photos_updated, report.photos_added) == (1, 0)
+    points = list(store.scroll())
+    assert sorted(p.id for p in points) == ids_before
+    assert {(p.payload["photo_path"], p.payload["product_id"]) for p in points} == {(str(moved.absolute()), "NEW-SKU")}
+
+
+def test_photo_edited_in_place_replaces_its_old_crops(tmp_path, store, tiny_embedder, blob_detector):
+    root = tmp_path / "factory_a"
+    photo = two_shoes_photo(root / "S1" / "a.jpg")
+    service = _service(store, tiny_embedder, blob_detector, tmp_path)
+    service.add(discover(root), "factory_a")
+    old_thumbs = [tmp_path / "data" / p.payload["crop_path"] for p in store.scroll()]
+    Image.new("RGB", (100, 100), (0, 0, 0)).save(photo)  # same path, new bytes, no detection
+    report = service.add(discover(root), "factory_a")
+    points = list(store.scroll())
+    assert report.photos_added == 1 and len(points) == 1
+    assert points[0].payload["photo_sha256"] == file_sha256(photo) and points[0].payload["box"] is None
+    assert not any(t.exists() for t in old_thumbs)
+
+
+def test_same_bytes_in_two_factories_are_two_points(tmp_path, store, tiny_embedder, blob_detector):
+    a = two_shoes_photo(tmp_path / "factory_a" / "A1.jpg")
+    b = tmp_path / "factory_b" / "B1.jpg"
+    b.parent.mkdir()
+    shutil.copy(a, b)
+    service = _service(store, tiny_embedder, blob_detector, tmp_path)
+    service.add(discover(tmp_path / "factory_a"), "factory_a")
+    service.add(discover(tmp_path / "factory_b"), "factory_b")
+    assert store.facet("factory") == {"factory_a": 2, "factory_b": 2}
+
+
+def test_corrupt_photos_are_skipped_reported_and_the_run_goes_on(tmp_path, store, tiny_embedder, blob_detector):
+    root = tmp_path / "factory_a"
+    two_shoes_photo(root / "good.jpg")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.jpg").write_text("hello")
+    service = _service(store, tiny_embedder, blob_detector, tmp_path)
+    report = service.add(discover(root), "factory_a")
+    assert report.photos_added == 1 and report.crops_added == 2
+    assert {f.path.rsplit("/", 1)[1]: f.error.split(" (")[0] for f in report.photos_failed} == {
+        "empty.jpg": "empty file", "text.jpg": "not an image Pillow can read"}
+    again = service.add(discover(root), "factory_a")  # failures are retried, successes not duplicated
+    assert (again.photos_unchanged, len(again.photos_failed), store.count()) == (1, 2, 2)
+
+
+def test_other_model_is_refused_before_any_work(tmp_path, store, tiny_embedder, blob_detector):
+    two_shoes_photo(tmp_path / "factory_a" / "a.jpg")
+    _service(store, tiny_embedder, blob_detector, tmp_path).add(discover(tmp_path / "factory_a"), "factory_a")
+
+    class OtherModel(CountingEmbedder):
+        model_id = "another-clip"
+
+    other = OtherModel(tiny_embedder)
+    other.model_id = "another-clip"
+    two_shoes_photo(tmp_path / "factory_a" / "b.jpg")
+    with pytest.raises(SchemaMismatch, match="another-clip"):
+        _service(store, other, blob_detector, tmp_path).add(discover(tmp_path / "factory_a"), "factory_a")
+    assert other.images_embedded == 0 and store.count() == 2
+
+
+def test_remove_by_factory_and_by_path(tmp_path, store, tiny_embedder, blob_detector):
+    catalogue = make_catalogue(tmp_path / "shoes", factories=2, products_per_factory=3, variants_per_product=1)
+    service = _service(store, tiny_embedder, blob_detector, tmp_path)
+    for factory in ("factory_a", "factory_b"):
+        service.add(discover(catalogue.factory_dir(factory)), factory)
+    product_dir = catalogue.factory_dir("factory_a") / "A100"
+    doomed = service.find(path=product_dir)
+    assert {p.payload["product_id"] for p in doomed} == {"A100"} and len(doomed) >= 2
+    thumbs = [tmp_path / "data" / p.payload["crop_path"] for p in doomed]
+    before = store.count()
+    assert service.remove(doomed) == len(doomed)
+    assert store.count() == before - len(doomed) and not any(t.exists() for t in thumbs)
+    b_count = store.count({"factory": ["factory_b"]})
+    assert service.remove(service.find(factory="factory_b")) == b_count
+    assert set(store.facet("factory")) == {"factory_a"}

@@ -1,0 +1,94 @@
+"""Search on a small real index: text, photo, more-like-this, filters, stats, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from core.catalogue import discover
+from core.errors import EmptyIndex, SchemaMismatch, ShoeSearchError
+from core.ingest_service import IngestService
+from core.sample_catalogue import make_catalogue
+from core.search_service import SearchService, build_where
+from core.store import EdgeStore
+
+
+@pytest.fixture
+def indexed(tmp_path, tiny_embedder, blob_detector):
+    catalogue = make_catalogue(tmp_path / "shoes", factories=3, products_per_factory=4, variants_per_product=1)
+    store = EdgeStore(tmp_path / "data" / "qdrant-edge", "shoes")
+    ingest = IngestService(store, tiny_embedder, blob_detector, tmp_path / "data", batch_size=8)
+    for factory in ("factory_a", "factory_b", "factory_c"):
+        ingest.add(discover(catalogue.factory_dir(factory)), factory)
+    yield catalogue, store, SearchService(store, tiny_embedder, blob_detector)
+    store.close()
+
+
+def test_text_search_filtered_by_factory(indexed):
+    _, store, search = indexed
+    hits = search.search_text("white leather high-top sneaker", where=build_where(["factory_b"]), top_k=50)
+    assert len(hits) == store.count({"factory": ["factory_b"]})
+    assert {h.factory for h in hits} == {"factory_b"}
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    two = search.search_text("boot", where=build_where(["factory_a", "factory_c"]), top_k=100)
+    assert {h.factory for h in two} == {"factory_a", "factory_c"}
+
+
+def test_photo_search_finds_the_same_crop_first(indexed):
+    catalogue, _, search = indexed
+    photo = catalogue.photos[5]
+    img = Image.open(photo.path).convert("RGB")
+    crops = search.query_crops(img)
+    assert crops[-1].detection is None and crops[-1].label == "whole photo"
+    hits = search.search_image(crops[0].image, top_k=3)
+    assert hits[0].payload["photo_path"] == str(photo.path) and hits[0].score > 0.999
+
+
+def test_more_like_this_returns_the_point_itself_first(indexed):
+    _, store, search = indexed
+    target = next(iter(store.scroll({"factory": ["factory_c"]})))
+    hits = search.more_like_this(target.id, top_k=5)
+    assert hits[0].point_id == target.id and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    only_a = search.more_like_this(target.id, where=build_where(["factory_a"]), top_k=5)
+    assert {h.factory for h in only_a} == {"factory_a"}
+    with pytest.raises(ShoeSearchError, match="No indexed crop"):
+        search.more_like_this("00000000-0000-0000-0000-000000000000")
+
+
+def test_min_score_and_product_filter(indexed):
+    _, store, search = indexed
+    target = next(iter(store.scroll({"product_id": ["B101"]})))
+    hits = search.more_like_this(target.id, where=build_where(product_ids=["B101"]), top_k=50, min_score=0.0)
+    assert hits and {h.product_id for h in hits} == {"B101"}
+    assert all(h.score >= 0.0 for h in hits)
+
+
+def test_stats(indexed):
+    catalogue, store, search = indexed
+    stats = search.stats()
+    assert stats["photos"] == len(catalogue.photos) == 24
+    assert stats["points"] == store.count() and stats["model"] == "tiny-clip" and stats["dimension"] == 16
+    assert {k: v["photos"] for k, v in stats["factories"].items()} == {"factory_a": 8, "factory_b": 8, "factory_c": 8}
+
+
+def test_empty_index_and_empty_query_are_clear(tmp_path, tiny_embedder):
+    store = EdgeStore(tmp_path / "edge", "shoes")
+    try:
+        search = SearchService(store, tiny_embedder)
+        with pytest.raises(EmptyIndex, match="ingest add"):
+            search.search_text("sneaker")
+        with pytest.raises(ShoeSearchError, match="Type a description"):
+            search.search_text("   ")
+    finally:
+        store.close()
+
+
+def test_query_with_another_model_is_refused(indexed, tiny_embedder):
+    _, store, _ = indexed
+
+    class Renamed:
+        model_id = "clip-ViT-B-32"
+        dimension = 16
+
+    with pytest.raises(SchemaMismatch, match="clip-ViT-B-32"):
+        SearchService(store, Renamed()).search_text("boot")
