@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(80_000_000, ge=1, description="Larger photos are refused (decompression bombs).")
     thumbnail_size: int = Field(256, ge=32, description="Longest side of the stored crop thumbnails.")
 
+    ui_host: str = Field("127.0.0.1", description="Address the search UI binds; 0.0.0.0 exposes it to the network.")
+    ui_port: int = Field(7860, ge=1, le=65535)
+    ui_username: str = Field("", description="With UI_PASSWORD: require this login for the UI.")
+    ui_password: str = Field("", description="With UI_USERNAME: require this login for the UI.")
+    ui_max_upload_mb: int = Field(50, ge=1, description="Largest upload (photo or zip) the UI accepts.")
+
     @field_validator("detector_classes", mode="before")
     @classmethod
     def _split_classes(cls, value: object) -> object:
@@ -63,3 +69,7 @@ class Settings(BaseSettings):
     @property
     def thumbnails_dir(self) -> Path:
         return self.data_dir / "crops"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"

@@ -7,8 +7,9 @@ One contract (`Store`), two backends:
 - `QdrantClientStore`: qdrant-client against a Qdrant server (`QDRANT_URL`), or against
   qdrant-client's local mode (same API, used by the tests).
 
-A filter (`Where`) is a mapping {payload key: allowed values}: a point matches when every
-key holds one of its values. Filtered queries on Edge run exact (its filtered HNSW misses
+A filter (`Where`) is a mapping {payload key: allowed values, or Contains(text)}: a point
+matches when every key holds one of its values (or, for Contains, a value with that
+substring, case-sensitive). Filtered queries on Edge run exact (its filtered HNSW misses
 hits), so filtered results equal a brute-force scan.
 """
 
@@ -36,7 +37,16 @@ VECTOR_NAME = "clip"
 SCHEMA_VERSION = 1
 INDEXED_KEYWORDS = ("factory", "product_id", "photo_sha256", "photo_path")
 
-Where = Mapping[str, Sequence[str | int]]
+
+
+@dataclass(frozen=True)
+class Contains:
+    """Filter condition: the payload value contains `text` (case-sensitive substring)."""
+
+    text: str
+
+
+Where = Mapping[str, "Sequence[str | int] | Contains"]
 
 
 @dataclass(frozen=True)
@@ -196,14 +206,17 @@ class EdgeStore:
 
     @staticmethod
     def _filter(where: Where | None):
-        from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
+        from qdrant_edge import FieldCondition, Filter, MatchAny, MatchSubstring, MatchValue
 
         if not where:
             return None
         must = []
         for key, values in where.items():
-            values = list(values)
-            match = MatchValue(values[0]) if len(values) == 1 else MatchAny(values)
+            if isinstance(values, Contains):
+                match = MatchSubstring(values.text)
+            else:
+                values = list(values)
+                match = MatchValue(values[0]) if len(values) == 1 else MatchAny(values)
             must.append(FieldCondition(key, match=match))
         return Filter(must=must)
 
@@ -385,8 +398,11 @@ class QdrantClientStore:
             return None
         must = []
         for key, values in where.items():
-            values = list(values)
-            match = models.MatchValue(value=values[0]) if len(values) == 1 else models.MatchAny(any=values)
+            if isinstance(values, Contains):
+                match = models.MatchSubstring(substring=values.text)
+            else:
+                values = list(values)
+                match = models.MatchValue(value=values[0]) if len(values) == 1 else models.MatchAny(any=values)
             must.append(models.FieldCondition(key=key, match=match))
         return models.Filter(must=must)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from core.errors import SchemaMismatch, StoreLocked
-from core.store import EdgeStore, QdrantClientStore, StoredPoint
+from core.store import Contains, EdgeStore, QdrantClientStore, StoredPoint
 
 DIM = 16
 
@@ -87,6 +87,10 @@ def test_count_facet_scroll_with_filters(store):
     first_crops = Counter(p.payload["factory"] for p in points if p.payload["crop_index"] == 0)
     assert store.facet("factory", where={"crop_index": [0]}) == dict(first_crops)
     assert sum(first_crops.values()) == 35
+    assert store.count({"product_id": Contains("P4")}) == sum("P4" in p.payload["product_id"] for p in points) == 22
+    assert store.count({"product_id": Contains("p4")}) == 0  # case-sensitive
+    assert store.count({"product_id": Contains("P4"), "factory": ["a"]}) == sum(
+        "P4" in p.payload["product_id"] and p.payload["factory"] == "a" for p in points)
     scrolled = list(store.scroll({"factory": ["d"]}, with_vectors=True, batch_size=7))
     assert len(scrolled) == 25 and len({p.id for p in scrolled}) == 25
     assert all(p.payload["factory"] == "d" and p.vector.shape == (DIM,) for p in scrolled)

@@ -1,0 +1,3 @@
+from search_ui.app import main
+
+main()

@@ -1,0 +1,152 @@
+"""UI behaviour through the handlers, on a small real index."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from core.store import EdgeStore
+from core.search_service import SearchService
+from core.ingest_service import IngestService
+from search_ui.handlers import Handlers
+from tests.conftest import BlobDetector, two_shoes_photo
+
+
+def test_factory_choices_carry_counts(handlers):
+    choices = handlers.factory_choices()
+    counts = handlers.store.facet("factory")
+    assert choices == [(f"{name} ({counts[name]})", name) for name in ("factory_a", "factory_b", "factory_c")]
+
+
+def test_text_search_gallery_captions_and_factory_filter(handlers):
+    results = handlers.search_text("white sneaker", ["factory_b"], top_k=10)
+    assert len(results.gallery) == len(results.hits) == 10
+    for (thumb, caption), hit in zip(results.gallery, results.hits):
+        assert caption.startswith("factory_b · ") and caption.endswith(f"{hit['score']:.3f}")
+        assert Path(thumb).is_file() and Path(thumb).is_relative_to(handlers.data_dir)
+    assert results.status == "10 results for “white sneaker”"
+
+
+def test_one_result_per_product(handlers):
+    results = handlers.search_text("boot", [], top_k=12, one_per_product=True)
+    keys = [(h["payload"]["factory"], h["payload"]["product_id"]) for h in results.hits]
+    assert len(keys) == len(set(keys)) == 12
+    all_crops = handlers.search_text("boot", [], top_k=100)
+    best = {}
+    for h in all_crops.hits:
+        best.setdefault((h["payload"]["factory"], h["payload"]["product_id"]), h["point_id"])
+    assert [h["point_id"] for h in results.hits] == list(best.values())[:12]
+
+
+def test_product_filter_contains_and_exact(handlers):
+    contains = handlers.search_text("shoe", [], product="10", top_k=100)
+    assert contains.hits and all("10" in h["payload"]["product_id"] for h in contains.hits)
+    assert {h["payload"]["product_id"] for h in contains.hits} > {"A101"}
+    exact = handlers.search_text("shoe", [], product="A101", product_exact=True, top_k=100)
+    assert {h["payload"]["product_id"] for h in exact.hits} == {"A101"}
+
+
+def test_min_score_filters_inside_the_query(handlers):
+    target = handlers.search_text("shoe", [], top_k=1).hits[0]
+    results = handlers.more_like_this(target["point_id"], [], min_score=0.99, top_k=100)
+    assert results.hits[0]["point_id"] == target["point_id"]
+    assert all(h["score"] >= 0.99 for h in results.hits)
+
+
+def test_photo_search_with_detected_regions(handlers, tmp_path):
+    query = two_shoes_photo(tmp_path / "query.jpg")
+    image = Image.open(query)
+    regions, note = handlers.detect(image)
+    assert [label for _, label in regions] == ["Footwear 0.90", "Footwear 0.90", "whole photo"]
+    assert note.startswith("2 shoe(s) detected")
+    whole = handlers.search_image(image, -1, [], top_k=3)
+    first = handlers.search_image(image, 0, ["factory_c"], top_k=3)
+    assert whole.status.endswith("(whole photo)") and first.status.endswith("(Footwear 0.90)")
+    assert {h["payload"]["factory"] for h in first.hits} == {"factory_c"}
+
+
+def test_photo_search_finds_an_indexed_photo_first(handlers, sample):
+    photo = sample.photos[4]
+    results = handlers.search_image(str(photo.path), 0, [], top_k=3)
+    assert results.hits[0]["payload"]["photo_path"] == str(photo.path) and results.hits[0]["score"] > 0.999
+
+
+def test_unreadable_upload_and_empty_inputs_are_messages(handlers, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a photo")
+    assert handlers.search_image(str(bad)).status.startswith("⚠️ That photo cannot be used: not an image")
+    assert handlers.search_image(None).status == "⚠️ Upload or paste a photo first."
+    assert handlers.search_text("   ").status.startswith("⚠️ Type a description")
+    assert handlers.more_like_this("").status == "⚠️ Select a result first."
+
+
+def test_empty_index_is_a_message(ui_settings, tiny_embedder):
+    store = EdgeStore(ui_settings.embedded_store_dir, "empty")
+    try:
+        empty = Handlers(ui_settings, store, SearchService(store, tiny_embedder),
+                         IngestService(store, tiny_embedder, BlobDetector(), ui_settings.data_dir))
+        results = empty.search_text("boot")
+        assert results.gallery == [] and "is empty: add photos first" in results.status
+        assert "(empty: add photos below" in empty.catalogue_markdown()
+        assert empty.factory_choices() == []
+    finally:
+        store.close()
+
+
+def test_hit_detail_draws_the_box_on_the_full_photo(handlers, tmp_path):
+    photo = two_shoes_photo(tmp_path / "factory_d" / "D1" / "pair.jpg")
+    handlers.add_photos([str(photo)], "factory_d")
+    results = handlers.search_text("x", ["factory_d"], top_k=5)
+    index = next(i for i, h in enumerate(results.hits) if h["payload"]["crop_index"] == 0)
+    image, payload, point_id = handlers.hit_detail(results.hits, index)
+    assert point_id == results.hits[index]["point_id"] == payload["point_id"]
+    x1, y1, x2, y2 = payload["box"]
+    assert image.size == (400, 200)
+    assert np.asarray(image)[y1 + (y2 - y1) // 2, x1][0] > 200  # red outline on the box edge
+    assert handlers.hit_detail(results.hits, 99) == (None, {}, "")
+
+
+def test_more_like_this_returns_the_point_itself_first(handlers):
+    target = handlers.search_text("sandal", ["factory_a"], top_k=1).hits[0]
+    results = handlers.more_like_this(target["point_id"], [], top_k=5)
+    assert results.hits[0]["point_id"] == target["point_id"] and results.hits[0]["score"] > 0.999
+
+
+def test_thumbnails_outside_data_dir_are_never_served(handlers, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (8, 8)).save(secret)
+    for evil in ("../secret.jpg", str(secret), "crops/../../secret.jpg"):
+        assert handlers._thumbnail_path({"crop_path": evil}) is None
+
+
+def test_add_photos_from_files_and_zip(handlers, tmp_path):
+    loose = two_shoes_photo(tmp_path / "up" / "SKU9.jpg")
+    archive = tmp_path / "up" / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        other = tmp_path / "z" / "front.jpg"
+        other.parent.mkdir()
+        Image.new("RGB", (300, 200), (30, 160, 60)).save(other)
+        zf.write(other, "P77/front.jpg")
+        zf.writestr("../escape.jpg", loose.read_bytes())
+        zf.writestr("notes.txt", "ignored")
+    report = handlers.add_photos([str(loose), str(archive)], "factory_new")
+    assert report.startswith("**factory\\_new:** 2 photos added (3 crops)")
+    assert "../escape.jpg: unsafe or hidden path in zip" in report
+    assert not (handlers.settings.uploads_dir / "escape.jpg").exists()
+    assert {p.payload["product_id"] for p in handlers.store.scroll({"factory": ["factory_new"]})} == {"SKU9", "P77"}
+    again = handlers.add_photos([str(loose)], "factory_new")  # same photo again: nothing new
+    assert "0 photos added" in again and "already indexed" in again
+    assert handlers.add_photos([str(loose)], "../x").startswith("⚠️ Name the factory")
+    assert handlers.add_photos([], "f").startswith("⚠️ Choose photos")
+
+
+def test_catalogue_markdown_escapes_names(handlers, tmp_path):
+    photo = two_shoes_photo(tmp_path / "p.jpg")
+    report = handlers.add_photos([str(photo)], "<img src=x onerror=alert(1)>")
+    assert "<img" not in report and "&lt;img src=x onerror=alert\\(1\\)&gt;" in report
+    text = handlers.catalogue_markdown()
+    assert "&lt;img src=x onerror=alert\\(1\\)&gt;" in text and "<img" not in text
+    assert "**Model:** tiny-clip (16-d)" in text
