@@ -4,8 +4,6 @@ Run: `search-ui` (or `python -m search_ui`). Named API endpoints: /search_text, 
 /more_like_this, /factories (see the README for a gradio_client example).
 """
 
-from __future__ import annotations
-
 import logging
 import sys
 from typing import TYPE_CHECKING
@@ -19,6 +17,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("search_ui")
 
 TITLE = "Shoe catalogue search"
+# No `from __future__ import annotations` here: Gradio reads the `gr.SelectData` annotations
+# of event functions at runtime to inject the event, and cannot resolve them from strings.
 
 
 def _photo_input_class():
@@ -42,7 +42,7 @@ def _photo_input_class():
     return PhotoInput
 
 
-def build_app(handlers: Handlers) -> gr.Blocks:
+def build_app(handlers: "Handlers") -> "gr.Blocks":
     """The whole page: Search tab (text / photo / more-like-this) and Catalogue tab."""
     import gradio as gr
 
@@ -78,7 +78,7 @@ def build_app(handlers: Handlers) -> gr.Blocks:
                     with gr.Row():
                         product = gr.Textbox(label="Product id", placeholder="SKU123", scale=2)
                         product_exact = gr.Checkbox(label="exact", value=False, scale=1)
-                    min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Minimum similarity")
+                    min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Minimum similarity (0 = off)")
                     top_k = gr.Slider(1, 100, value=24, step=1, label="Results")
                     one_per_product = gr.Checkbox(label="One result per product (best crop)", value=False)
             status = gr.Markdown(elem_id="status")
@@ -155,7 +155,7 @@ def build_app(handlers: Handlers) -> gr.Blocks:
     return demo
 
 
-def create_handlers(settings: Settings, preload: bool = True) -> Handlers:
+def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
     """Open the store and the models once; every request shares them."""
     from core.wiring import ingest_service, open_store
     from core.search_service import SearchService
@@ -171,7 +171,7 @@ def create_handlers(settings: Settings, preload: bool = True) -> Handlers:
     return Handlers(settings, store, search, ingest)
 
 
-def launch(settings: Settings, handlers: Handlers, block: bool = True):
+def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
     """Serve the app on UI_HOST:UI_PORT with the configured login and upload limit."""
     demo = build_app(handlers)
     auth = (settings.ui_username, settings.ui_password) if settings.ui_username and settings.ui_password else None
