@@ -79,7 +79,9 @@ class ClipEmbedder:
                 )
             try:
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
 
+                hf_logging.disable_progress_bar()  # no "Loading weights" bars in CLI output
                 device = resolve_device(self.device)
                 model = SentenceTransformer(self.model_name, device=device)
                 if device == "cuda":
