@@ -198,6 +198,112 @@ def remove(
         typer.echo(f"would remove {what}" if dry_run else f"removed {removed} crops of {len(photos)} photos")
 
 
+@app.command(name="cluster")
+def cluster_command(
+    duplicate_threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine for the duplicate tier.")] = 0.95,
+    similar_threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine for the similar tier.")] = 0.85,
+    scope: Annotated[str, typer.Option(help="all | cross-factory | within-factory")] = "all",
+    factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
+    level: Annotated[str, typer.Option(help="crop | product (a product pair scores its best crop pair)")] = "crop",
+    linkage: Annotated[str, typer.Option(help="single (connected components) | complete (no chaining)")] = "single",
+    representative: Annotated[str, typer.Option(help="medoid | largest | confidence | factory:NAME")] = "medoid",
+    method: Annotated[str, typer.Option(help="auto | exact | knn (nearest neighbours from the index)")] = "auto",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("cluster_report"),
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv,folders,collage")] = "json,csv",
+    calibrate_labels: Annotated[Optional[Path], typer.Option(
+        "--calibrate", help="LABELS.csv with a,b,same: score thresholds instead of clustering.",
+        exists=True, dir_okay=False)] = None,
+    target_precision: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --calibrate.")] = 0.95,
+    as_json: JsonFlag = False,
+) -> None:
+    """Group near-duplicates (identical / duplicate / similar tiers) and write reports."""
+    choices = {"scope": (scope, ("all", "cross-factory", "within-factory")), "level": (level, ("crop", "product")),
+               "linkage": (linkage, ("single", "complete")), "method": (method, ("auto", "exact", "knn"))}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise typer.BadParameter(f"--{name} must be one of {', '.join(allowed)}", param_hint=f"--{name}")
+    if not (representative in ("medoid", "largest", "confidence") or representative.startswith("factory:")):
+        raise typer.BadParameter("medoid, largest, confidence or factory:NAME", param_hint="--representative")
+    from core.cluster_service import FORMATS, ClusterService, write_reports
+    from core.clustering import ClusterSettings
+    from core.wiring import open_store
+
+    chosen_formats = [f.strip() for f in formats.split(",") if f.strip()]
+    if not chosen_formats or set(chosen_formats) - set(FORMATS):
+        raise typer.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--format")
+
+    settings = _settings()
+    with _user_errors():
+        store = open_store(settings)
+        try:
+            service = ClusterService(store, settings.data_dir)
+            if calibrate_labels is not None:
+                result = service.calibrate(calibrate_labels, target_precision)
+                _report_calibration(result, output, as_json)
+                return
+            options = ClusterSettings(duplicate_threshold, similar_threshold, scope, level, linkage, representative)
+            with _progress_bar(as_json) as (bar, task):
+                outcome = service.run(options, factories=factory, method=method,
+                                      progress=lambda f, what: bar.update(task, completed=f * 100, description=what))
+            write_reports(outcome, output, settings.data_dir, chosen_formats)
+        finally:
+            store.close()
+    summary = outcome.summary()
+    if as_json:
+        _print_json({**summary, "output": str(output)})
+        return
+    typer.echo(f"{summary['items']} crops clustered ({outcome.method}) in {sum(outcome.timings.values()):.1f}s -> {output}/")
+    for tier, info in summary["tiers"].items():
+        statuses = ", ".join(f"{n} {s}" for s, n in sorted(info["status"].items()))
+        typer.echo(f"  {tier:<10} {info['groups']:>6} groups, {info['items_in_groups']:>7} crops, "
+                   f"largest {info['largest']}" + (f" ({statuses})" if statuses else ""))
+
+
+@contextlib.contextmanager
+def _progress_bar(quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description:<18}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  transient=True, disable=quiet or not console.is_terminal) as bar:
+        yield bar, bar.add_task("clustering", total=100)
+
+
+def _report_calibration(result: dict[str, Any], output: Path, as_json: bool) -> None:
+    """calibration.json and pr_curve.png under `output`, and a table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "calibration.json").write_text(json.dumps(result, indent=2))
+    curve = result["curve"]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot([r["recall"] for r in curve], [r["precision"] for r in curve], marker=".")
+    for r in curve[::10]:
+        ax.annotate(f"{r['threshold']:.2f}", (r["recall"], r["precision"]), fontsize=7)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"{result['pairs']} labelled pairs ({result['positives']} same)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(output / "pr_curve.png", dpi=120)
+    plt.close(fig)
+    if as_json:
+        _print_json({**result, "output": str(output)})
+        return
+    typer.echo(f"{result['pairs']} labelled pairs ({result['positives']} same), {len(result['unmatched'])} unmatched")
+    typer.echo("threshold  precision  recall  f1")
+    for r in curve[::5]:
+        typer.echo(f"  {r['threshold']:.2f}      {r['precision']:.3f}    {r['recall']:.3f}  {r['f1']:.3f}")
+    chosen = result["threshold_for_target"]
+    typer.echo(f"threshold for precision >= {result['target_precision']}: "
+               + (f"{chosen:.2f}" if chosen is not None else "none reaches it"))
+    typer.echo(f"-> {output}/calibration.json, {output}/pr_curve.png")
+
+
 def main() -> None:  # pragma: no cover - console entry convenience
     app(prog_name="ingest")
 

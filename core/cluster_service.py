@@ -1,0 +1,371 @@
+"""Clustering runs against the store: read vectors, cluster, keep ids stable, write reports.
+
+The last run's groups are kept twice: in a sidecar (`DATA_DIR/clusters/<collection>.json`,
+group id -> member point ids, used to keep ids stable on the next run) and in the points'
+payload (`group_identical`, `group_duplicate`, `group_similar`), so searches can filter by
+group.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.clustering import ClusterSettings, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix
+from core.errors import EmptyIndex, ShoeSearchError
+from core.store import Store
+
+TIERS = ("identical", "duplicate", "similar")
+PAYLOAD_KEY = {tier: f"group_{tier}" for tier in TIERS}
+FORMATS = ("json", "csv", "folders", "collage")
+# Above this many crops the exact pair search gives way to k-nearest-neighbour candidates.
+EXACT_MAX_ITEMS = 300_000
+
+
+@dataclass
+class ClusterResult:
+    settings: ClusterSettings
+    factories_filter: list[str]
+    groups: list[Group]
+    dissolved: list[str]
+    n_items: int
+    factories: dict[str, int]  # items per factory
+    method: str
+    ungrouped: list[dict[str, str]] = field(default_factory=list)  # crops in no duplicate/similar group
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def by_tier(self, tier: str) -> list[Group]:
+        return [g for g in self.groups if g.tier == tier]
+
+    def summary(self) -> dict[str, Any]:
+        names = sorted(self.factories)
+        tiers = {}
+        for tier in TIERS:
+            groups = self.by_tier(tier)
+            tiers[tier] = {
+                "groups": len(groups),
+                "items_in_groups": sum(len(g.member_points) for g in groups),
+                "largest": max((len(g.members) for g in groups), default=0),
+                "status": dict(Counter(g.status for g in groups)),
+                "factory_overlap": {"factories": names, "matrix": overlap_matrix(groups, names)},
+            }
+        grouped = {tier: {m.factory for g in self.by_tier(tier) for m in g.members} for tier in TIERS}
+        per_factory = {
+            name: {"items": count, **{f"in_{tier}_groups": sum(
+                sum(1 for m in g.members if m.factory == name) for g in self.by_tier(tier)) for tier in TIERS}}
+            for name, count in sorted(self.factories.items())
+        }
+        return {
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": {**asdict(self.settings), "factories": self.factories_filter, "method": self.method},
+            "items": self.n_items,
+            "tiers": tiers,
+            "factories": per_factory,
+            "factories_with_groups": {tier: sorted(f) for tier, f in grouped.items()},
+            "dissolved_groups": self.dissolved,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def load_items(store: Store, factories: Sequence[str] | None = None) -> Items:
+    """Every crop (optionally of some factories) with its vector and payload, by scroll."""
+    ids, vectors, payloads = [], [], []
+    for point in store.scroll({"factory": list(factories)} if factories else None, with_vectors=True, batch_size=1024):
+        ids.append(point.id)
+        vectors.append(point.vector)
+        payloads.append(point.payload)
+    if not ids:
+        return Items([], np.zeros((0, 0), dtype=np.float32), [])
+    matrix = np.vstack(vectors).astype(np.float32)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    return Items(ids, matrix, payloads)
+
+
+def knn_candidates(store: Store, items: Items, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs from the store's nearest-neighbour index, re-scored exactly."""
+    index = {pid: i for i, pid in enumerate(items.ids)}
+    rows, cols = [], []
+    for i, vector in enumerate(items.vectors):
+        for hit in store.query(vector, limit=k + 1, score_threshold=threshold - 0.02):
+            j = index.get(hit.point_id)
+            if j is not None and j != i:
+                rows.append(min(i, j))
+                cols.append(max(i, j))
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    pairs = np.unique(np.stack([rows, cols], axis=1), axis=0)
+    sims = np.einsum("ij,ij->i", items.vectors[pairs[:, 0]], items.vectors[pairs[:, 1]])
+    keep = sims >= threshold
+    return pairs[keep, 0], pairs[keep, 1], sims[keep].astype(np.float32)
+
+
+class ClusterService:
+    """Runs clustering on the store's vectors and remembers the last result."""
+
+    def __init__(self, store: Store, data_dir: Path) -> None:
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.state_path = self.data_dir / "clusters" / f"{store.collection}.json"
+
+    def run(self, settings: ClusterSettings, factories: Sequence[str] | None = None, method: str = "auto",
+            knn: int = 32, progress: Callable[[float, str], None] | None = None) -> ClusterResult:
+        """Cluster, give groups stable ids, store group ids in payloads and the sidecar."""
+        started = time.perf_counter()
+        if progress:
+            progress(0.0, "reading vectors")
+        items = load_items(self.store, factories)
+        if len(items) == 0:
+            raise EmptyIndex(f"Nothing to cluster in {self.store.location}"
+                             + (f" for factories {', '.join(factories)}" if factories else "") + ".")
+        loaded = time.perf_counter()
+        if method == "auto":
+            method = "exact" if len(items) <= EXACT_MAX_ITEMS else "knn"
+        candidates = None
+        if method == "knn":
+            low = min(settings.duplicate_threshold, settings.similar_threshold)
+            candidates = knn_candidates(self.store, items, knn, low)
+        groups = cluster(items, settings, progress=(lambda f: progress(0.05 + 0.8 * f, "comparing")) if progress else None,
+                         candidates=candidates)
+        clustered = time.perf_counter()
+        previous = self._previous()
+        dissolved = assign_stable_ids(groups, previous)
+        if progress:
+            progress(0.9, "saving group ids")
+        self._save(groups, previous)
+        factories_count = Counter(str(p.get("factory", "")) for p in items.payloads)
+        grouped = {p for g in groups if g.tier in ("duplicate", "similar") for p in g.member_points}
+        ungrouped = [{"point_id": pid, "factory": str(payload.get("factory", "")),
+                      "product_id": str(payload.get("product_id", "")), "photo_path": str(payload.get("photo_path", ""))}
+                     for pid, payload in zip(items.ids, items.payloads) if pid not in grouped]
+        result = ClusterResult(settings, list(factories or []), groups, dissolved, len(items), dict(factories_count),
+                               method, ungrouped)
+        result.timings = {"read": loaded - started, "cluster": clustered - loaded,
+                          "save": time.perf_counter() - clustered}
+        if progress:
+            progress(1.0, "done")
+        return result
+
+    def _previous(self) -> dict[str, list[str]]:
+        if not self.state_path.exists():
+            return {}
+        try:
+            return json.loads(self.state_path.read_text())["groups"]
+        except (ValueError, KeyError):
+            return {}
+
+    def _save(self, groups: list[Group], previous: dict[str, list[str]]) -> None:
+        """Write group ids into payloads (clearing last run's) and the sidecar, atomically."""
+        assigned: dict[str, dict[str, str]] = {}
+        for group in groups:
+            for point in group.member_points:
+                assigned.setdefault(point, {})[PAYLOAD_KEY[group.tier]] = group.id
+        for group in groups:
+            self.store.set_payload(group.member_points, {PAYLOAD_KEY[group.tier]: group.id})
+        stale_keys: dict[str, list[str]] = {}
+        for old_id, members in previous.items():
+            tier = next(t for t, prefix in (("identical", "idt"), ("duplicate", "dup"), ("similar", "sim"))
+                        if old_id.startswith(prefix + "-"))
+            for point in members:
+                if PAYLOAD_KEY[tier] not in assigned.get(point, {}):
+                    stale_keys.setdefault(PAYLOAD_KEY[tier], []).append(point)
+        existing = {p.id for p in self.store.retrieve(sorted({p for ids in stale_keys.values() for p in ids}))}
+        for key, points in stale_keys.items():
+            self.store.set_payload([p for p in points if p in existing], {key: None})
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                   "groups": {g.id: g.member_points for g in groups}}))
+        tmp.replace(self.state_path)
+
+    def last_groups(self) -> dict[str, list[str]]:
+        """The last run's groups: id -> member point ids."""
+        return self._previous()
+
+    # ------------------------------------------------------------------ calibration
+
+    def calibrate(self, labels_csv: Path, target_precision: float = 0.95) -> dict[str, Any]:
+        """Score labelled pairs (`a,b,same`: photo paths or product ids) with their best crop
+        pair and compute precision/recall/F1 per threshold."""
+        items = load_items(self.store)
+        if len(items) == 0:
+            raise EmptyIndex(f"Nothing indexed in {self.store.location} to calibrate on.")
+        by_key: dict[str, list[int]] = {}
+        for i, payload in enumerate(items.payloads):
+            for key in (payload.get("photo_path"), payload.get("product_id")):
+                if key:
+                    by_key.setdefault(str(key), []).append(i)
+        scores, same, missing = [], [], []
+        with open(labels_csv, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"a", "b", "same"} <= {c.strip() for c in reader.fieldnames}:
+                raise ShoeSearchError(f"{labels_csv}: line 1: need columns a,b,same")
+            for line_no, row in enumerate(reader, start=2):
+                a, b = _label_key(row["a"], labels_csv), _label_key(row["b"], labels_csv)
+                if a not in by_key or b not in by_key:
+                    missing.append(f"line {line_no}: {row['a'] if a not in by_key else row['b']}")
+                    continue
+                sims = items.vectors[by_key[a]] @ items.vectors[by_key[b]].T
+                scores.append(float(sims.max()))
+                same.append(str(row["same"]).strip().lower() in {"1", "true", "yes", "same", "y"})
+        if not scores:
+            raise ShoeSearchError(f"{labels_csv}: no labelled pair matches an indexed photo path or product id")
+        result = calibrate(scores, same, target_precision=target_precision)
+        result["unmatched"] = missing
+        return result
+
+
+def _label_key(value: str, labels_csv: Path) -> str:
+    value = value.strip()
+    path = Path(value)
+    if path.suffix and not path.is_absolute():
+        candidate = (labels_csv.parent / path).absolute()
+        if candidate.exists():
+            return str(candidate)
+    return str(path.absolute()) if path.is_absolute() or path.exists() else value
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"
+
+
+def write_reports(result: ClusterResult, out_dir: Path, data_dir: Path, formats: Sequence[str] = ("json", "csv"),
+                  collage_top: int = 20) -> list[Path]:
+    """Write the chosen formats under `out_dir`; returns the files and folders written."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ShoeSearchError(f"unknown report format(s) {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    written = []
+    groups_json = [_group_dict(g) for g in result.groups]
+    if "json" in formats:
+        path = out_dir / "groups.json"
+        path.write_text(json.dumps(groups_json, indent=1, ensure_ascii=False))
+        written.append(path)
+    if "csv" in formats:
+        path = out_dir / "groups.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["group_id", "tier", "status", "size", "min_similarity", "mean_similarity",
+                             "is_representative", "point_id", "factory", "product_id", "photo_path", "box",
+                             "similarity_to_representative"])
+            for g in result.groups:
+                for k, m in enumerate(g.members):
+                    writer.writerow([g.id, g.tier, g.status, len(g.members), g.min_similarity, g.mean_similarity,
+                                     int(k == 0), m.point_id, m.factory, m.product_id, m.photo_path,
+                                     json.dumps(m.box) if m.box else "", m.similarity])
+        written.append(path)
+    if "folders" in formats:
+        written += _write_folders(result, out_dir, data_dir)
+    if "collage" in formats:
+        written += _write_collages(result, out_dir, data_dir, collage_top)
+    result.timings["write"] = time.perf_counter() - started
+    summary = out_dir / "summary.json"
+    summary.write_text(json.dumps(result.summary(), indent=2, ensure_ascii=False))
+    return [summary, *written]
+
+
+def _group_dict(g: Group) -> dict[str, Any]:
+    return {"id": g.id, "tier": g.tier, "status": g.status, "previous_ids": g.previous_ids, "size": len(g.members),
+            "min_similarity": g.min_similarity, "mean_similarity": g.mean_similarity,
+            "representative": asdict(g.representative), "members": [asdict(m) for m in g.members],
+            "member_points": g.member_points}
+
+
+def _member_file_name(m) -> str:
+    return f"{_safe(m.factory)}_{_safe(m.product_id)}_{_safe(Path(m.photo_path).stem)}_{m.point_id[:8]}.jpg"
+
+
+def _write_folders(result: ClusterResult, out_dir: Path, data_dir: Path) -> list[Path]:
+    """DIR/<tier>_groups/group_<id>/rep_<name> and sim_0.972_<name> (thumbnail copies),
+    plus DIR/unique/unique.csv listing ungrouped crops."""
+    written = []
+    for tier in TIERS:
+        root = out_dir / f"{tier}_groups"
+        if root.exists():
+            shutil.rmtree(root)
+        for g in result.by_tier(tier):
+            folder = root / f"group_{g.id}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, m in enumerate(g.members):
+                name = _member_file_name(m)
+                target = folder / (f"rep_{name}" if k == 0 else f"sim_{m.similarity:.3f}_{name}")
+                source = data_dir / m.crop_path if m.crop_path else None
+                if source and source.is_file():
+                    shutil.copyfile(source, target)
+        if root.exists():
+            written.append(root)
+    unique_dir = out_dir / "unique"
+    unique_dir.mkdir(parents=True, exist_ok=True)
+    path = unique_dir / "unique.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["point_id", "factory", "product_id", "photo_path"])
+        writer.writeheader()
+        writer.writerows(result.ungrouped)
+    return written + [path]
+
+
+def _write_collages(result: ClusterResult, out_dir: Path, data_dir: Path, top: int) -> list[Path]:
+    """One contact sheet per group (DIR/collages/<id>.jpg) and an overview of the largest."""
+    from PIL import Image, ImageDraw
+
+    folder = out_dir / "collages"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    cell, pad, caption = 160, 6, 30
+
+    def thumb(member) -> Image.Image:
+        source = data_dir / member.crop_path if member.crop_path else None
+        tile = Image.new("RGB", (cell, cell), (235, 235, 235))
+        if source and source.is_file():
+            with Image.open(source) as img:
+                img = img.convert("RGB")
+                img.thumbnail((cell, cell))
+                tile.paste(img, ((cell - img.width) // 2, (cell - img.height) // 2))
+        return tile
+
+    def sheet(members, title: str, columns: int = 6) -> Image.Image:
+        rows = -(-len(members) // columns)
+        width = columns * (cell + pad) + pad
+        img = Image.new("RGB", (width, 28 + rows * (cell + caption + pad) + pad), "white")
+        draw = ImageDraw.Draw(img)
+        draw.text((pad, 8), title, fill=(0, 0, 0))
+        for k, m in enumerate(members):
+            x = pad + (k % columns) * (cell + pad)
+            y = 28 + (k // columns) * (cell + caption + pad)
+            img.paste(thumb(m), (x, y))
+            if k == 0 and title:
+                draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(220, 30, 30), width=3)
+            draw.text((x, y + cell + 2), f"{m.factory[:22]} {m.product_id[:14]}", fill=(0, 0, 0))
+            draw.text((x, y + cell + 15), "representative" if k == 0 else f"sim {m.similarity:.3f}", fill=(90, 90, 90))
+        return img
+
+    written = []
+    for g in result.groups:
+        path = folder / f"{g.tier}_{g.id}.jpg"
+        sheet(g.members[:48], f"{g.tier} group {g.id}: {len(g.members)} members, "
+                              f"min sim {g.min_similarity:.3f}, factories {', '.join(g.factories)}").save(path, quality=85)
+        written.append(path)
+    largest = sorted((g for g in result.groups if g.tier != "identical"), key=lambda g: -len(g.members))[:top]
+    if largest:
+        overview = sheet([g.representative for g in largest], f"largest {len(largest)} groups (representatives)")
+        path = folder / "overview.jpg"
+        overview.save(path, quality=85)
+        written.append(path)
+    return written
