@@ -81,6 +81,8 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                     min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Minimum similarity (0 = off)")
                     top_k = gr.Slider(1, 100, value=24, step=1, label="Results")
                     one_per_product = gr.Checkbox(label="One result per product (best crop)", value=False)
+                    group = gr.Textbox(label="Duplicate group id (from the Duplicates tab)", value="",
+                                       placeholder="dup-… or sim-…", elem_id="group-filter")
             status = gr.Markdown(elem_id="status")
             results = gr.Gallery(label="Results", columns=6, height="auto", allow_preview=False, elem_id="results")
             with gr.Row():
@@ -92,6 +94,32 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             with gr.Accordion("Raw results (JSON)", open=False):
                 raw = gr.JSON(label="Hits")
 
+        with gr.Tab("Duplicates"):
+            with gr.Row():
+                dup_threshold = gr.Slider(0.5, 1.0, value=0.95, step=0.005, label="Duplicate: cosine ≥")
+                sim_threshold = gr.Slider(0.5, 1.0, value=0.85, step=0.005, label="Similar: cosine ≥")
+            with gr.Row():
+                scope = gr.Radio(["all", "cross-factory", "within-factory"], value="all", label="Pairs")
+                level = gr.Radio(["crop", "product"], value="crop", label="Level")
+                linkage = gr.Radio(["single", "complete"], value="single",
+                                   label="Linkage (complete: no chaining)")
+            dup_factories = gr.Dropdown(label="Only these factories (empty: all)", choices=handlers.factory_choices(),
+                                        multiselect=True, allow_custom_value=True)
+            dup_button = gr.Button("Find duplicates", variant="primary", elem_id="find-duplicates")
+            dup_status = gr.Markdown(elem_id="duplicates-status")
+            with gr.Row():
+                with gr.Column(scale=2):
+                    group_list = gr.Gallery(label="Groups, largest first (click one)", columns=6, height=420,
+                                            allow_preview=False, elem_id="groups")
+                    group_view = gr.Gallery(label="Members of the selected group", columns=6, height=300,
+                                            allow_preview=False, elem_id="group-members")
+                    group_search = gr.Button("Search within this group")
+                with gr.Column(scale=1):
+                    heatmap = gr.Image(label="Factory × factory: shared groups", interactive=False)
+                    reports = gr.File(label="Report (JSON, CSV)", file_count="multiple", interactive=False)
+            groups_state = gr.State([])
+            selected_group = gr.State("")
+
         with gr.Tab("Catalogue"):
             overview = gr.Markdown()
             gr.Markdown("### Add photos\nPhotos (or a .zip with product folders) for one factory; "
@@ -102,7 +130,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             upload_button = gr.Button("Add to the index", variant="primary")
             upload_report = gr.Markdown()
 
-        filters = [factories, product, product_exact, min_score, top_k, one_per_product]
+        filters = [factories, product, product_exact, min_score, top_k, one_per_product, group]
         shown = [results, hits_state, status, raw]
 
         def refresh_filters():
@@ -146,9 +174,25 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         more_api_button = gr.Button(visible=False)
         more_api_button.click(more, [more_api_id, *filters], shown, api_name="more_like_this")
 
+        def find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_, progress=gr.Progress()):
+            found = handlers.find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_,
+                                             progress=lambda fraction, what: progress(fraction, desc=what))
+            return found.status, found.heatmap, found.gallery, found.groups, found.files or None, [], ""
+
+        dup_button.click(find_duplicates, [dup_threshold, sim_threshold, scope, dup_factories, level, linkage],
+                         [dup_status, heatmap, group_list, groups_state, reports, group_view, selected_group],
+                         api_visibility="private", concurrency_limit=1)
+
+        def pick_group(groups, evt: gr.SelectData):
+            return handlers.group_members(groups, evt.index)
+
+        group_list.select(pick_group, [groups_state], [group_view, selected_group], api_visibility="private")
+        group_search.click(lambda group_id: group_id, [selected_group], [group], api_visibility="private")
+
         def add(files, factory, progress=gr.Progress()):
             report = handlers.add_photos(files, factory, progress=lambda done, total: progress((done, total)))
-            return (report, *refresh_filters())
+            choices, overview_text = refresh_filters()
+            return report, choices, overview_text
 
         upload_button.click(add, [uploads, upload_factory], [upload_report, factories, overview],
                             api_visibility="private", concurrency_limit=1)
@@ -184,7 +228,7 @@ def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
         server_port=settings.ui_port,
         auth=auth,
         max_file_size=f"{settings.ui_max_upload_mb}mb",
-        allowed_paths=[str(settings.thumbnails_dir.resolve())],
+        allowed_paths=[str(settings.thumbnails_dir.resolve()), str((settings.data_dir / "reports").resolve())],
         prevent_thread_lock=not block,
         quiet=not block,
         footer_links=["api"],

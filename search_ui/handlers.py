@@ -10,7 +10,8 @@ import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -30,6 +31,66 @@ GalleryItem = tuple[str, str]  # (thumbnail file, caption)
 HitRecord = dict[str, Any]
 
 OVERFETCH = 8  # one-hit-per-product asks the store for this many times top-k crops
+
+
+@dataclass
+class Duplicates:
+    """What a clustering run shows."""
+
+    status: str
+    heatmap: Image.Image | None = None
+    gallery: list[GalleryItem] = field(default_factory=list)  # one representative per group
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def group_payload_key(group_id: str) -> str:
+    """The payload key holding a group id, from the id's tier prefix (dup-, sim-, idt-)."""
+    from core.cluster_service import PAYLOAD_KEY
+
+    prefix = group_id.split("-", 1)[0]
+    tier = {"idt": "identical", "dup": "duplicate", "sim": "similar"}.get(prefix, "similar")
+    return PAYLOAD_KEY[tier]
+
+
+def _group_record(group) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {"id": group.id, "tier": group.tier, "status": group.status, "size": len(group.members),
+            "factories": group.factories, "min_similarity": group.min_similarity,
+            "members": [asdict(m) for m in group.members]}
+
+
+def overlap_heatmap(overlap: dict[str, Any], title: str) -> Image.Image | None:
+    """A factory x factory heatmap of shared groups, as an image."""
+    names, matrix = overlap["factories"], overlap["matrix"]
+    if not names:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = min(10.0, 2.5 + 0.45 * len(names))
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), labels=names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), labels=names, fontsize=8)
+    if len(names) <= 20:
+        for a in range(len(names)):
+            for b in range(len(names)):
+                ax.text(b, a, str(matrix[a][b]), ha="center", va="center", fontsize=7,
+                        color="white" if matrix[a][b] > max(map(max, matrix)) / 2 else "black")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
 
 
 @dataclass
@@ -63,10 +124,13 @@ class Handlers:
     """The UI's behaviour over one store and one set of loaded models (shared by all requests)."""
 
     def __init__(self, settings: Settings, store: Store, search: SearchService, ingest: IngestService) -> None:
+        from core.cluster_service import ClusterService
+
         self.settings = settings
         self.store = store
         self.search = search
         self.ingest = ingest
+        self.clusters = ClusterService(store, settings.data_dir)
         self.data_dir = Path(settings.data_dir).resolve()
         self._ingest_lock = threading.Lock()  # one upload ingest at a time; searches go on
 
@@ -93,13 +157,17 @@ class Handlers:
             lines.append("| (empty: add photos below or run `ingest add FOLDER`) | 0 | 0 |")
         return "\n".join(lines)
 
-    def _where(self, factories: Sequence[str] | None, product: str | None, product_exact: bool):
+    def _where(self, factories: Sequence[str] | None, product: str | None, product_exact: bool,
+               group: str | None = None):
         where: dict[str, Any] = {}
         if factories:
             where["factory"] = list(factories)
         product = (product or "").strip()
         if product:
             where["product_id"] = [product] if product_exact else Contains(product)
+        group = (group or "").strip()
+        if group:
+            where[group_payload_key(group)] = [group]
         return where or None
 
     # ------------------------------------------------------------------ searches
@@ -119,8 +187,8 @@ class Handlers:
 
     def search_text(self, text: str, factories: Sequence[str] | None = None, product: str = "",
                     product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
-                    one_per_product: bool = False) -> Results:
-        where = self._where(factories, product, product_exact)
+                    one_per_product: bool = False, group: str = "") -> Results:
+        where = self._where(factories, product, product_exact, group)
         return self._results(
             lambda k: self.search.search_text(text, where=where, top_k=k, min_score=_min_score(min_score)),
             top_k, one_per_product, f"“{(text or '').strip()}”")
@@ -145,7 +213,7 @@ class Handlers:
 
     def search_image(self, image: Image.Image | str | None, region: int = 0, factories: Sequence[str] | None = None,
                      product: str = "", product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
-                     one_per_product: bool = False) -> Results:
+                     one_per_product: bool = False, group: str = "") -> Results:
         """Search with region `region` of the photo (0 = best detection, -1 = whole photo)."""
         if image is None:
             return Results([], [], "⚠️ Upload or paste a photo first.")
@@ -155,17 +223,17 @@ class Handlers:
             return Results([], [], f"⚠️ That photo cannot be used: {exc}")
         region = int(region) if region is not None else 0
         crop = crops[region] if -len(crops) <= region < len(crops) else crops[0]
-        where = self._where(factories, product, product_exact)
+        where = self._where(factories, product, product_exact, group)
         return self._results(
             lambda k: self.search.search_image(crop.image, where=where, top_k=k, min_score=_min_score(min_score)),
             top_k, one_per_product, f"the photo ({crop.label})")
 
     def more_like_this(self, point_id: str | None, factories: Sequence[str] | None = None, product: str = "",
                        product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
-                       one_per_product: bool = False) -> Results:
+                       one_per_product: bool = False, group: str = "") -> Results:
         if not point_id:
             return Results([], [], "⚠️ Select a result first.")
-        where = self._where(factories, product, product_exact)
+        where = self._where(factories, product, product_exact, group)
         return self._results(
             lambda k: self.search.more_like_this(point_id, where=where, top_k=k, min_score=_min_score(min_score)),
             top_k, one_per_product, "more like the selected crop")
@@ -214,6 +282,53 @@ class Handlers:
     @staticmethod
     def _caption(hit: Hit) -> str:
         return f"{hit.factory} · {hit.product_id} · {hit.score:.3f}"
+
+    # ------------------------------------------------------------------ duplicates
+
+    def find_duplicates(self, duplicate_threshold: float = 0.95, similar_threshold: float = 0.85,
+                        scope: str = "all", factories: Sequence[str] | None = None, level: str = "crop",
+                        linkage: str = "single", progress: Callable[[float, str], None] | None = None) -> Duplicates:
+        """Cluster the index; returns the summary, the factory heatmap, groups and report files."""
+        from core.cluster_service import write_reports
+        from core.clustering import ClusterSettings
+
+        if scope not in ("all", "cross-factory", "within-factory") or level not in ("crop", "product") \
+                or linkage not in ("single", "complete"):
+            return Duplicates(f"⚠️ Unknown option: scope {scope!r}, level {level!r}, linkage {linkage!r}.")
+        options = ClusterSettings(float(duplicate_threshold), float(similar_threshold), scope, level, linkage)
+        try:
+            with self._ingest_lock:  # payload writes: one clustering or upload at a time
+                result = self.clusters.run(options, factories=list(factories or []), progress=progress)
+        except ShoeSearchError as exc:
+            return Duplicates(f"⚠️ {exc}")
+        out_dir = self.data_dir / "reports" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+        files = write_reports(result, out_dir, self.data_dir, ["json", "csv"])
+        summary = result.summary()
+        lines = [f"**{summary['items']} crops** clustered in {sum(result.timings.values()):.1f}s "
+                 f"(scope {scope}, {level} level, {linkage} linkage)", "",
+                 "| tier | groups | crops in groups | largest | changes since last run |", "|---|---:|---:|---:|---|"]
+        for tier, info in summary["tiers"].items():
+            changes = ", ".join(f"{n} {st}" for st, n in sorted(info["status"].items())) or "-"
+            lines.append(f"| {tier} | {info['groups']} | {info['items_in_groups']} | {info['largest']} | {changes} |")
+        groups = [_group_record(g) for g in result.groups if g.tier != "identical"] + \
+                 [_group_record(g) for g in result.groups if g.tier == "identical"]
+        gallery = [(self._member_thumbnail(g["members"][0]), f"{g['id']} · {g['size']} · {', '.join(g['factories'])[:40]}")
+                   for g in groups]
+        tier = "similar" if summary["tiers"]["similar"]["groups"] else "duplicate"
+        heatmap = overlap_heatmap(summary["tiers"][tier]["factory_overlap"], f"{tier} groups shared by two factories")
+        return Duplicates("\n".join(lines), heatmap, gallery, groups, [str(f) for f in files if f.suffix in {".json", ".csv"}])
+
+    def group_members(self, groups: Sequence[dict[str, Any]] | None, index: int | None) -> tuple[list[GalleryItem], str]:
+        """Thumbnails of one group's members (representative first) and its id."""
+        if not groups or index is None or not 0 <= int(index) < len(groups):
+            return [], ""
+        group = groups[int(index)]
+        items = [(self._member_thumbnail(m), ("representative · " if k == 0 else f"{m['similarity']:.3f} · ")
+                  + f"{m['factory']} · {m['product_id']}") for k, m in enumerate(group["members"])]
+        return items, group["id"]
+
+    def _member_thumbnail(self, member: dict[str, Any]) -> str:
+        return self._thumbnail_path(member) or str(self._missing_thumbnail())
 
     # ------------------------------------------------------------------ adding photos
 

@@ -48,5 +48,18 @@ def test_text_search_with_factory_filter_in_a_browser(served, tmp_path):
             shot = tmp_path / "search-ui.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+
+            page.get_by_role("tab", name="Duplicates").click()
+            page.locator("#find-duplicates").click()
+            expect(page.locator("#duplicates-status")).to_contain_text("crops clustered", timeout=60_000)
+            groups = page.locator("#groups .caption-label")
+            expect(groups.first).to_contain_text("-", timeout=30_000)
+            assert all(t.split("-")[0] in {"dup", "sim", "idt"} for t in groups.all_inner_texts())
+            groups.first.click()
+            expect(page.locator("#group-members .caption-label").first).to_contain_text("representative")
+            page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
+            if os.environ.get("SCREENSHOT_DIR"):  # README screenshots: SCREENSHOT_DIR=docs pytest ...
+                shutil.copy(shot, os.path.join(os.environ["SCREENSHOT_DIR"], "search-ui.png"))
+                shutil.copy(tmp_path / "duplicates.png", os.path.join(os.environ["SCREENSHOT_DIR"], "duplicates.png"))
         finally:
             browser.close()

@@ -150,3 +150,33 @@ def test_catalogue_markdown_escapes_names(handlers, tmp_path):
     text = handlers.catalogue_markdown()
     assert "&lt;img src=x onerror=alert\\(1\\)&gt;" in text and "<img" not in text
     assert "**Model:** tiny-clip (16-d)" in text
+
+
+def test_find_duplicates_lists_groups_heatmap_and_reports(handlers):
+    found = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
+    assert found.status.startswith(f"**{handlers.store.count()} crops** clustered")
+    assert "| duplicate |" in found.status and "| similar |" in found.status
+    non_identical = [g for g in found.groups if g["tier"] != "identical"]
+    sizes = [g["size"] for g in non_identical if g["tier"] == "duplicate"]
+    assert sizes and sizes == sorted(sizes, reverse=True)  # largest first
+    assert len(found.gallery) == len(found.groups)
+    assert found.heatmap is not None and found.heatmap.size[0] > 200
+    assert sorted(Path(f).name for f in found.files) == ["groups.csv", "groups.json", "summary.json"]
+    assert all(Path(f).is_file() and Path(f).is_relative_to(handlers.data_dir / "reports") for f in found.files)
+    members, group_id = handlers.group_members(found.groups, 0)
+    assert group_id == found.groups[0]["id"] and len(members) == found.groups[0]["size"]
+    assert members[0][1].startswith("representative · ")
+
+
+def test_search_filtered_by_group(handlers):
+    found = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
+    group = next(g for g in found.groups if g["tier"] == "duplicate")
+    members = {m["point_id"] for m in group["members"]}
+    results = handlers.search_text("shoe", [], top_k=100, group=group["id"])
+    assert {h["point_id"] for h in results.hits} == members
+
+
+def test_find_duplicates_scope_and_bad_options(handlers):
+    cross = handlers.find_duplicates(0.99, 0.97, "cross-factory", ["factory_a", "factory_b"], "crop", "single")
+    assert all(len(set(g["factories"])) >= 2 for g in cross.groups)
+    assert handlers.find_duplicates(0.95, 0.85, "everything").status.startswith("⚠️ Unknown option")
