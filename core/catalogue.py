@@ -31,6 +31,20 @@ RESERVED_PAYLOAD_KEYS = frozenset(
 )
 
 
+def path_text(value: str | Path) -> str:
+    """Text for a file name or path that is always valid UTF-8.
+
+    Names that are not UTF-8 on disk decode to lone surrogates, which no JSON or vector
+    store accepts; their odd bytes are shown as \\xNN escapes instead (stable across runs).
+    """
+    text = str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def iter_photo_files(root: Path) -> Iterator[Path]:
     """Photo files under `root`, recursively, sorted, hidden entries skipped.
 
@@ -50,9 +64,9 @@ def iter_photo_files(root: Path) -> Iterator[Path]:
 def product_from_layout(root: Path, photo: Path) -> str:
     """Product id by the folder convention (see module docstring)."""
     if root.is_file():
-        return photo.stem
+        return path_text(photo.stem)
     rel = photo.relative_to(root)
-    return rel.parts[0] if len(rel.parts) > 1 else photo.stem
+    return path_text(rel.parts[0] if len(rel.parts) > 1 else photo.stem)
 
 
 def read_manifest(manifest: Path, root: Path) -> dict[Path, tuple[str, str | None, dict[str, str]]]:
@@ -105,7 +119,7 @@ def discover(root: Path, factory: str | None = None, manifest: Path | None = Non
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"no such file or folder: {root}")
-    default_factory = factory or (root.name if root.is_dir() else root.parent.name)
+    default_factory = path_text(factory or (root.name if root.is_dir() else root.parent.name))
     listed = read_manifest(manifest, root) if manifest else {}
     seen: set[Path] = set()
     for photo in iter_photo_files(root):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from core.errors import BadImage
 
-PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 # Truncated files must fail loudly, not decode as half-grey pictures.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -60,7 +61,7 @@ def load_photo(path: Path, max_pixels: int) -> Image.Image:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadImage(
-                        f"image too large: {width}x{height} = {width * height:,} pixels "
+                        f"image too large: {width * height:,} pixels ({width}x{height}) "
                         f"(limit MAX_IMAGE_PIXELS={max_pixels:,})"
                     )
                 img.seek(0)
@@ -70,7 +71,10 @@ def load_photo(path: Path, max_pixels: int) -> Image.Image:
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"image too large: {exc}") from exc
+        # Pillow's own guard fired first (far past its limit); say it in our terms.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise BadImage(f"image too large: {size} (limit MAX_IMAGE_PIXELS={max_pixels:,})") from exc
     except UnidentifiedImageError as exc:
         raise BadImage("not an image Pillow can read (unknown format or corrupt header)") from exc
     except PermissionError as exc:

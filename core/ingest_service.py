@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.catalogue import path_text
 from core.detector import Detector
 from core.embedder import Embedder
-from core.errors import BadImage
+from core.errors import BadImage, StoreUnavailable
 from core.ids import point_id
 from core.images import expand_box, file_sha256, load_photo, save_thumbnail
 from core.models import Detection, FailedPhoto, IngestReport, PhotoSource
@@ -50,7 +51,7 @@ class _Hashed:
 
     def catalogue_payload(self) -> dict[str, Any]:
         """The payload fields that come from where the file lies, not from its bytes."""
-        return {"photo_path": str(self.source.path), "product_id": self.source.product_id, **self.source.extras}
+        return {"photo_path": path_text(self.source.path), "product_id": self.source.product_id, **self.source.extras}
 
 
 class IngestService:
@@ -175,9 +176,13 @@ class IngestService:
             self._collection_ready = True
         list(pool.map(lambda pair: save_thumbnail(pair[0], self.data_dir / pair[1][1]["crop_path"],
                                                   self.thumbnail_size), zip(crops, payloads)))
-        # A photo edited in place (same path, new bytes): its old crops are stale.
-        self._drop_replaced([item for item, _ in photos])
-        self.store.upsert([StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)])
+        try:
+            # A photo edited in place (same path, new bytes): its old crops are stale.
+            self._drop_replaced([item for item, _ in photos])
+            self.store.upsert([StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)])
+        except StoreUnavailable as exc:  # after the store's own retries: report, never drop silently
+            report.photos_failed += [FailedPhoto(path_text(item.source.path), f"not stored: {exc}") for item, _ in photos]
+            return
         report.photos_added += len(photos)
         report.crops_added += len(crops)
 
@@ -191,7 +196,7 @@ class IngestService:
             yield img.crop(box), detection, box
 
     def _drop_replaced(self, items: Sequence[_Hashed]) -> None:
-        by_path = {str(i.source.path): i for i in items}
+        by_path = {path_text(i.source.path): i for i in items}
         stale = [
             p for p in self.store.scroll({"photo_path": list(by_path)})
             if p.payload.get("factory") == by_path[p.payload["photo_path"]].source.factory
@@ -203,7 +208,7 @@ class IngestService:
         try:
             return load_photo(path, self.max_image_pixels)
         except BadImage as exc:
-            return FailedPhoto(str(path), str(exc))
+            return FailedPhoto(path_text(path), str(exc))
 
     @staticmethod
     def _thumbnail_relpath(pid: str) -> str:
@@ -217,7 +222,7 @@ class IngestService:
         points = self.store.scroll(where)
         if path is None:
             return list(points)
-        target = str(Path(path).absolute())
+        target = path_text(Path(path).absolute())
         return [p for p in points
                 if p.payload.get("photo_path") == target or p.payload.get("photo_path", "").startswith(target.rstrip("/") + "/")]
 
@@ -237,6 +242,9 @@ class IngestService:
 
 def _hash_or_error(path: Path) -> str | FailedPhoto:
     try:
+        if not path.is_file():  # a FIFO or device named .jpg would block or never end
+            reason = "no such file (dangling link?)" if not path.exists() else "not a regular file"
+            return FailedPhoto(path_text(path), reason)
         return file_sha256(path)
     except OSError as exc:
-        return FailedPhoto(str(path), f"cannot read: {exc.strerror or exc}")
+        return FailedPhoto(path_text(path), f"cannot read: {exc.strerror or exc}")

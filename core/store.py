@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -330,8 +331,25 @@ class EdgeStore:
 # --------------------------------------------------------------------------- qdrant-client
 
 
+def _is_transient(exc: Exception) -> bool:
+    """Errors worth a retry: the connection failed, timed out, or the server was busy."""
+    status = getattr(exc, "status_code", None)
+    if status is not None:
+        return status in (408, 429, 500, 502, 503, 504)
+    name = type(exc).__name__
+    return name in {"ResponseHandlingException", "ConnectError", "ReadTimeout", "WriteTimeout", "ConnectTimeout",
+                    "RemoteProtocolError", "TimeoutException", "ConnectionError", "TimeoutError"} \
+        or isinstance(exc, (ConnectionError, TimeoutError))
+
+
 class QdrantClientStore:
-    """A collection through qdrant-client: a Qdrant server, or qdrant-client's local mode."""
+    """A collection through qdrant-client: a Qdrant server, or qdrant-client's local mode.
+
+    Writes are retried with exponential backoff on transient errors; a write that still fails
+    raises StoreUnavailable (the ingest reports the photos of that batch as failed).
+    """
+
+    retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
     def __init__(self, client, collection: str, location: str) -> None:
         self.client = client
@@ -415,11 +433,25 @@ class QdrantClientStore:
 
         if not points:
             return
-        with self._lock:
-            self.client.upsert(self.collection, points=[
-                models.PointStruct(id=p.id, vector={VECTOR_NAME: _vector_list(p.vector)}, payload=p.payload)
-                for p in points
-            ], wait=True)
+        structs = [models.PointStruct(id=p.id, vector={VECTOR_NAME: _vector_list(p.vector)}, payload=p.payload)
+                   for p in points]
+        self._write(lambda: self.client.upsert(self.collection, points=structs, wait=True), f"upsert of {len(points)} points")
+
+    def _write(self, operation, what: str) -> None:
+        """Run a write, retrying transient failures with backoff."""
+        for attempt, delay in enumerate((*self.retry_delays, None), start=1):
+            try:
+                with self._lock:
+                    operation()
+                return
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise
+                if delay is None:
+                    raise StoreUnavailable(
+                        f"{what} to {self.location} failed after {attempt} tries ({type(exc).__name__}: {exc})"
+                    ) from exc
+                time.sleep(delay)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
         if not ids or not self._exists():
@@ -437,15 +469,15 @@ class QdrantClientStore:
 
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if ids:
-            with self._lock:
-                self.client.set_payload(self.collection, payload=payload, points=list(ids), wait=True)
+            self._write(lambda: self.client.set_payload(self.collection, payload=payload, points=list(ids), wait=True),
+                        f"payload update of {len(ids)} points")
 
     def delete(self, ids: Sequence[str]) -> None:
         from qdrant_client import models
 
         if ids and self._exists():
-            with self._lock:
-                self.client.delete(self.collection, models.PointIdsList(points=list(ids)), wait=True)
+            self._write(lambda: self.client.delete(self.collection, models.PointIdsList(points=list(ids)), wait=True),
+                        f"delete of {len(ids)} points")
 
     def query(self, vector, where=None, limit=10, score_threshold=None) -> list[Hit]:
         if not self._exists():

@@ -198,6 +198,43 @@ def remove(
         typer.echo(f"would remove {what}" if dry_run else f"removed {removed} crops of {len(photos)} photos")
 
 
+@app.command(name="export")
+def export_command(
+    path: Annotated[Path, typer.Argument(help="File to write (gzip JSON lines), e.g. points.jsonl.gz.")],
+    factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write every point (vector + payload) to a file: a backup, or a move to another store."""
+    from core.search_service import build_where
+    from core.transfer import export_points
+
+    settings = _settings()
+    with _user_errors(), _open_store(settings) as store:
+        count = export_points(store, path, build_where(factory))
+    if as_json:
+        _print_json({"exported": count, "path": str(path)})
+    else:
+        typer.echo(f"exported {count} points to {path}")
+
+
+@app.command(name="import")
+def import_command(
+    path: Annotated[Path, typer.Argument(help="A file written by `ingest export`.", exists=True, dir_okay=False)],
+    as_json: JsonFlag = False,
+) -> None:
+    """Upsert an export's points into the configured store (same ids: reruns add nothing)."""
+    from core.transfer import import_points
+
+    settings = _settings()
+    with _user_errors(), _open_store(settings) as store:
+        count = import_points(store, path)
+        total = store.count()
+    if as_json:
+        _print_json({"imported": count, "points": total, "store": settings.qdrant_url or str(settings.embedded_store_dir)})
+    else:
+        typer.echo(f"imported {count} points; the store now holds {total}")
+
+
 @app.command(name="cluster")
 def cluster_command(
     duplicate_threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine for the duplicate tier.")] = 0.95,
