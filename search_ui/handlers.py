@@ -191,7 +191,7 @@ class Handlers:
         where = self._where(factories, product, product_exact, group)
         return self._results(
             lambda k: self.search.search_text(text, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, f"“{(text or '').strip()}”")
+            top_k, one_per_product, f"“{_md_escape((text or '').strip())}”")
 
     def _query_crops(self, image: Image.Image | str | Path):
         if isinstance(image, (str, Path)):

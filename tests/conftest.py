@@ -17,6 +17,8 @@ for _key, _value in {
 
 from pathlib import Path  # noqa: E402
 
+import socket  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -132,3 +134,55 @@ def two_shoes_photo(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, quality=92)
     return path
+
+
+# --------------------------------------------------------------------------- a small real index for the UI
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ui_settings(tmp_path, tiny_clip_dir) -> Settings:
+    """Settings for a UI over the small index, on a free loopback port."""
+    return Settings(_env_file=None, data_dir=tmp_path / "data", clip_model=str(tiny_clip_dir), detector_model="none",
+                    device="cpu", batch_size=8, ui_port=_free_port())
+
+
+@pytest.fixture
+def sample(tmp_path):
+    from core.sample_catalogue import make_catalogue
+
+    return make_catalogue(tmp_path / "shoes", factories=3, products_per_factory=4, variants_per_product=2)
+
+
+@pytest.fixture
+def handlers(ui_settings, sample, tiny_embedder):
+    from core.catalogue import discover
+    from core.ingest_service import IngestService
+    from core.search_service import SearchService
+    from core.store import EdgeStore
+    from search_ui.handlers import Handlers
+
+    store = EdgeStore(ui_settings.embedded_store_dir, ui_settings.qdrant_collection)
+    detector = BlobDetector()
+    ingest = IngestService(store, tiny_embedder, detector, ui_settings.data_dir, batch_size=8)
+    for factory in ("factory_a", "factory_b", "factory_c"):
+        ingest.add(discover(sample.factory_dir(factory)), factory)
+    yield Handlers(ui_settings, store, SearchService(store, tiny_embedder, detector), ingest)
+    store.close()
+
+
+@pytest.fixture
+def served(ui_settings, handlers):
+    """The real app, launched on a free loopback port; yields its URL."""
+    from search_ui.app import launch
+
+    demo = launch(ui_settings, handlers, block=False)
+    try:
+        yield f"http://127.0.0.1:{ui_settings.ui_port}/"
+    finally:
+        demo.close()

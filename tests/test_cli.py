@@ -139,18 +139,14 @@ def test_store_in_use_is_a_clear_error(catalogue, env):
     assert _run("stats").exit_code == 0
 
 
-def test_remove_dry_run_confirm_and_yes(catalogue):
+def test_remove_by_path_with_yes(catalogue):
+    """(Confirmation and --dry-run: tests/reliability/test_data_safety.py.)"""
     for factory in ("factory_a", "factory_b"):
         _json(_run("add", str(catalogue.factory_dir(factory)), "--json"))
-    dry = _json(_run("remove", "--factory", "factory_a", "--dry-run", "--json"))
-    assert (dry["matched"], dry["removed"]) == (6, 0)
-    declined = runner.invoke(app, ["remove", "--factory", "factory_a"], input="n\n")
-    assert declined.exit_code == 1
-    assert _json(_run("stats", "--json"))["photos"] == 12
-    confirmed = runner.invoke(app, ["remove", "--factory", "factory_a"], input="y\n")
-    assert confirmed.exit_code == 0 and "removed 6 crops of 6 photos" in confirmed.stdout
     by_path = _json(_run("remove", "--path", str(catalogue.factory_dir("factory_b") / "B100"), "--yes", "--json"))
     assert (by_path["removed"], by_path["photos"]) == (2, 2)
+    human = _run("remove", "--factory", "factory_a", "-y")
+    assert human.exit_code == 0 and "removed 6 crops of 6 photos" in human.stdout
     assert _json(_run("stats", "--json"))["factories"] == {"factory_b": {"crops": 4, "photos": 4}}
 
 
