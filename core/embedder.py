@@ -54,15 +54,31 @@ def clean_query_text(text: str) -> str:
     return f" {' '.join(text.split())} "
 
 
-class ClipEmbedder:
-    """A sentence-transformers CLIP model, loaded on first use (or by `load()`)."""
+# Below this cosine to fp32 (on probe photos) the int8 image encoder is not used.
+INT8_MIN_COSINE = 0.999
 
-    def __init__(self, model: str, device: str = "auto", batch_size: int = 32) -> None:
+
+class ClipEmbedder:
+    """A sentence-transformers CLIP model, loaded on first use (or by `load()`).
+
+    `precision`: `fp32`; `int8` = the image tower exported to ONNX and quantized (weights int8)
+    once, cached under `cache_dir`, run by ONNX Runtime (text stays on torch); `auto` = int8
+    on a CPU when onnxruntime is installed and the quantized tower agrees with fp32 (cosine >=
+    0.999 on probe photos), fp32 otherwise; fp16 on CUDA in every case.
+    """
+
+    def __init__(self, model: str, device: str = "auto", batch_size: int = 32, precision: str = "auto",
+                 cache_dir: Path | None = None) -> None:
         self.model_name = model
         self.model_id = model_id_for(model)
         self.device = device
         self.batch_size = batch_size
+        self.precision = precision
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.active_precision = "fp32"
         self._model = None
+        self._image_session = None
+        self._image_processor = None
         self._dimension: int | None = None
         self._lock = threading.Lock()
 
@@ -96,12 +112,33 @@ class ClipEmbedder:
             get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
             self._dimension = int(get_dim())
             self._model = model
+            if device == "cuda":
+                self.active_precision = "fp16"
+            elif self.precision in ("int8", "auto"):
+                self._load_int8()
 
     @property
     def dimension(self) -> int:
         self.load()
         assert self._dimension is not None
         return self._dimension
+
+    def _load_int8(self) -> None:
+        """Use the cached int8 ONNX image tower (export it on first use) if it agrees with fp32."""
+        from core import onnx_clip
+
+        try:
+            session, processor = onnx_clip.load_int8_image_encoder(self._model, self.model_id, self.cache_dir)
+        except onnx_clip.Unavailable as exc:
+            if self.precision == "int8":
+                raise ModelUnavailable(f"EMBED_PRECISION=int8 needs {exc}; or set EMBED_PRECISION=fp32.") from exc
+            return
+        self._image_session, self._image_processor = session, processor
+        agreement = onnx_clip.agreement(self._model, session, processor)
+        if agreement < INT8_MIN_COSINE and self.precision == "auto":
+            self._image_session = self._image_processor = None  # keep answers as fp32 would give them
+            return
+        self.active_precision = "int8"
 
     def _encode(self, items: list) -> np.ndarray:
         self.load()
@@ -117,6 +154,11 @@ class ClipEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        self.load()
+        if self._image_session is not None and images:
+            from core import onnx_clip
+
+            return onnx_clip.embed(self._image_session, self._image_processor, list(images), self.batch_size)
         return self._encode(list(images))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -46,11 +46,19 @@ def _pillow_open():
 
 
 def load_photo(path: Path, max_pixels: int) -> Image.Image:
-    """Decode `path` into an upright 8-bit RGB image.
+    """Decode `path` into an upright 8-bit RGB image at full resolution.
 
     Raises BadImage with a short reason for: empty or non-image files, truncated data,
     photos over `max_pixels` (checked from the header, before decoding the pixels).
     Animated images give their first frame; alpha is composited onto white.
+    """
+    return load_photo_scaled(path, max_pixels)[0]
+
+
+def load_photo_scaled(path: Path, max_pixels: int, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Like `load_photo`, but a JPEG larger than `max_side` is decoded at a reduced scale
+    (Pillow's draft mode: 1/2, 1/4 or 1/8, still at least `max_side`), which is several times
+    faster. Returns the image and the upright photo's original (width, height).
     """
     try:
         if path.stat().st_size == 0:
@@ -65,9 +73,14 @@ def load_photo(path: Path, max_pixels: int) -> Image.Image:
                         f"(limit MAX_IMAGE_PIXELS={max_pixels:,})"
                     )
                 img.seek(0)
+                if max_side and img.format == "JPEG" and max(width, height) > max_side:
+                    img.draft("RGB", (max_side, max_side))
+                decoded_size = img.size
                 img.load()
                 upright = ImageOps.exif_transpose(img)
-                return to_rgb(upright)
+                rotated = upright.size != decoded_size
+                original = (height, width) if rotated else (width, height)
+                return to_rgb(upright), original
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -19,7 +19,7 @@ from core.detector import Detector
 from core.embedder import Embedder
 from core.errors import BadImage, StoreUnavailable
 from core.ids import point_id
-from core.images import expand_box, file_sha256, load_photo, save_thumbnail
+from core.images import expand_box, file_sha256, load_photo_scaled, save_thumbnail
 from core.models import Detection, FailedPhoto, IngestReport, PhotoSource
 from core.store import Store, StoredPoint, check_model
 
@@ -68,6 +68,7 @@ class IngestService:
         crop_margin: float = 0.08,
         thumbnail_size: int = 256,
         max_image_pixels: int = 80_000_000,
+        decode_max_side: int | None = 1600,
         workers: int = 2,
     ) -> None:
         self.store = store
@@ -78,6 +79,7 @@ class IngestService:
         self.crop_margin = crop_margin
         self.thumbnail_size = thumbnail_size
         self.max_image_pixels = max_image_pixels
+        self.decode_max_side = decode_max_side
         self.workers = workers
         self._collection_ready = False
 
@@ -92,18 +94,35 @@ class IngestService:
             # Before any model loads: refuse to mix embedding spaces.
             check_model(info, self.store.collection, self.store.location, self.embedder.model_id, None)
         seen_keys: set[tuple[str, str]] = set()
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        done = 0
+        # Two stages: while the models work on one batch, the next is hashed, looked up and decoded.
+        with ThreadPoolExecutor(max_workers=self.workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+            pending = None
             for batch in iter_batches(sources, self.batch_size):
-                self._add_batch(batch, report, seen_keys, pool)
-                if progress:
-                    progress(report.photos_seen, str(batch[-1].path))
+                prepared = ahead.submit(self._prepare, batch, report, seen_keys, pool)
+                if pending is not None:
+                    done += self._finish(pending, report, pool, progress, done)
+                pending = (prepared, batch)
+            if pending is not None:
+                self._finish(pending, report, pool, progress, done)
         if report.crops_added and self.store.count() >= OPTIMIZE_MIN_POINTS:
             self.store.optimize()
         report.seconds = time.perf_counter() - started
         return report
 
-    def _add_batch(self, batch: Sequence[PhotoSource], report: IngestReport,
-                   seen_keys: set[tuple[str, str]], pool: ThreadPoolExecutor) -> None:
+    def _finish(self, pending, report: IngestReport, pool: ThreadPoolExecutor,
+                progress: ProgressFn | None, done: int) -> int:
+        prepared, batch = pending
+        photos = prepared.result()
+        if photos:
+            self._store_photos(photos, report, pool)
+        if progress:
+            progress(done + len(batch), str(batch[-1].path))
+        return len(batch)
+
+    def _prepare(self, batch: Sequence[PhotoSource], report: IngestReport,
+                 seen_keys: set[tuple[str, str]], pool: ThreadPoolExecutor) -> list:
+        """Hash, skip known photos (updating moved ones), decode the new: [(item, image, original size)]."""
         report.photos_seen += len(batch)
         hashed: list[_Hashed] = []
         for source, result in zip(batch, pool.map(_hash_or_error, [s.path for s in batch])):
@@ -133,38 +152,39 @@ class IngestService:
                     {"factory": [item.source.factory], "photo_sha256": [item.sha256]})]
                 self.store.set_payload(ids, wanted)
                 report.photos_updated += 1
-        if not new:
-            return
-
         decoded = list(pool.map(self._decode_or_error, [h.source.path for h in new]))
         photos = []
         for item, result in zip(new, decoded):
             if isinstance(result, FailedPhoto):
                 report.photos_failed.append(result)
             else:
-                photos.append((item, result))
-        if not photos:
-            return
+                photos.append((item, *result))
+        return photos
 
-        detections = self.detector.detect([img for _, img in photos])
+    def _store_photos(self, photos: list, report: IngestReport, pool: ThreadPoolExecutor) -> None:
+        """Detect, crop, embed, write thumbnails and upsert one prepared batch."""
+        detections = self.detector.detect([img for _, img, _ in photos])
         crops, payloads = [], []
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for (item, img), found in zip(photos, detections):
+        for (item, img, (photo_width, photo_height)), found in zip(photos, detections):
+            sx, sy = photo_width / img.width, photo_height / img.height  # decoded at a reduced scale?
             for index, (crop, detection, box) in enumerate(self._crops(img, found)):
                 pid = point_id(item.source.factory, item.sha256, index)
                 crops.append(crop)
+                original_box = [round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)] \
+                    if box else None
                 payloads.append((pid, {
                     "factory": item.source.factory,
                     **item.catalogue_payload(),
                     "photo_sha256": item.sha256,
                     "crop_index": index,
-                    "box": list(box) if box else None,
+                    "box": original_box,
                     "detector_class": detection.label if detection else None,
                     "detector_confidence": round(detection.confidence, 4) if detection else None,
-                    "width": crop.width,
-                    "height": crop.height,
-                    "photo_width": img.width,
-                    "photo_height": img.height,
+                    "width": original_box[2] - original_box[0] if original_box else photo_width,
+                    "height": original_box[3] - original_box[1] if original_box else photo_height,
+                    "photo_width": photo_width,
+                    "photo_height": photo_height,
                     "crop_path": self._thumbnail_relpath(pid),
                     "model": self.embedder.model_id,
                     "ingested_at": now,
@@ -178,10 +198,11 @@ class IngestService:
                                                   self.thumbnail_size), zip(crops, payloads)))
         try:
             # A photo edited in place (same path, new bytes): its old crops are stale.
-            self._drop_replaced([item for item, _ in photos])
+            self._drop_replaced([item for item, _, _ in photos])
             self.store.upsert([StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)])
         except StoreUnavailable as exc:  # after the store's own retries: report, never drop silently
-            report.photos_failed += [FailedPhoto(path_text(item.source.path), f"not stored: {exc}") for item, _ in photos]
+            report.photos_failed += [FailedPhoto(path_text(item.source.path), f"not stored: {exc}")
+                                     for item, _, _ in photos]
             return
         report.photos_added += len(photos)
         report.crops_added += len(crops)
@@ -206,7 +227,7 @@ class IngestService:
 
     def _decode_or_error(self, path: Path):
         try:
-            return load_photo(path, self.max_image_pixels)
+            return load_photo_scaled(path, self.max_image_pixels, self.decode_max_side)
         except BadImage as exc:
             return FailedPhoto(path_text(path), str(exc))
 

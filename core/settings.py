@@ -35,9 +35,12 @@ class Settings(BaseSettings):
     detect_image_size: int = Field(640, ge=32, description="YOLO input size in pixels.")
     crop_margin: float = Field(0.08, ge=0.0, le=1.0, description="Margin added around each box, as a fraction.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    embed_precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="Image embedding precision on CPU: int8 (ONNX Runtime), fp32, or auto (int8 when it agrees).")
     batch_size: int = Field(32, ge=1, le=4096)
 
     max_image_pixels: int = Field(80_000_000, ge=1, description="Larger photos are refused (decompression bombs).")
+    decode_max_side: int = Field(1600, ge=0, description="JPEGs larger than this decode at 1/2-1/8 scale; 0 = full.")
     thumbnail_size: int = Field(256, ge=32, description="Longest side of the stored crop thumbnails.")
 
     ui_host: str = Field("127.0.0.1", description="Address the search UI binds; 0.0.0.0 exposes it to the network.")
@@ -69,6 +72,10 @@ class Settings(BaseSettings):
     @property
     def thumbnails_dir(self) -> Path:
         return self.data_dir / "crops"
+
+    @property
+    def models_cache_dir(self) -> Path:
+        return self.data_dir / "models"
 
     @property
     def uploads_dir(self) -> Path:

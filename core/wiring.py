@@ -18,7 +18,8 @@ def open_store(settings: Settings) -> Store:
 
 
 def build_embedder(settings: Settings) -> ClipEmbedder:
-    return ClipEmbedder(settings.clip_model, device=settings.device, batch_size=settings.batch_size)
+    return ClipEmbedder(settings.clip_model, device=settings.device, batch_size=settings.batch_size,
+                        precision=settings.embed_precision, cache_dir=settings.models_cache_dir)
 
 
 def build_detector(settings: Settings) -> Detector:
@@ -44,6 +45,7 @@ def ingest_service(settings: Settings, store: Store) -> IngestService:
         crop_margin=settings.crop_margin,
         thumbnail_size=settings.thumbnail_size,
         max_image_pixels=settings.max_image_pixels,
+        decode_max_side=settings.decode_max_side or None,
     )
 
 

@@ -35,6 +35,8 @@ _SETTING_VARS = [name.upper() for name in Settings.model_fields]
 def _clean_settings_env(monkeypatch, tmp_path):
     for name in _SETTING_VARS:
         monkeypatch.delenv(name, raising=False)
+    # fp32 everywhere but tests/test_precision.py, which compares int8 against it.
+    monkeypatch.setenv("EMBED_PRECISION", "fp32")
     monkeypatch.chdir(tmp_path)  # no stray .env from the checkout
 
 
@@ -52,7 +54,7 @@ def tiny_yolo_path(tmp_path_factory) -> Path:
 def tiny_embedder(tiny_clip_dir):
     from core.embedder import ClipEmbedder
 
-    embedder = ClipEmbedder(str(tiny_clip_dir), device="cpu", batch_size=16)
+    embedder = ClipEmbedder(str(tiny_clip_dir), device="cpu", batch_size=16, precision="fp32")
     embedder.load()
     return embedder
 
@@ -60,7 +62,7 @@ def tiny_embedder(tiny_clip_dir):
 @pytest.fixture
 def settings(tmp_path, tiny_clip_dir) -> Settings:
     return Settings(_env_file=None, data_dir=tmp_path / "data", clip_model=str(tiny_clip_dir),
-                    detector_model="none", device="cpu", batch_size=8)
+                    detector_model="none", device="cpu", batch_size=8, embed_precision="fp32")
 
 
 class BlobDetector:

@@ -163,3 +163,21 @@ def test_remove_by_factory_and_by_path(tmp_path, store, tiny_embedder, blob_dete
     b_count = store.count({"factory": ["factory_b"]})
     assert service.remove(service.find(factory="factory_b")) == b_count
     assert set(store.facet("factory")) == {"factory_a"}
+
+
+def test_large_jpeg_decodes_at_reduced_scale_with_boxes_in_original_pixels(tmp_path, store, tiny_embedder,
+                                                                          blob_detector):
+    root = tmp_path / "factory_big"
+    root.mkdir()
+    img = Image.new("RGB", (4000, 2000), (245, 245, 245))
+    img.paste(Image.new("RGB", (1200, 800), (190, 30, 40)), (400, 1000))
+    img.save(root / "camera.jpg", quality=90)
+    service = _service(store, tiny_embedder, blob_detector, tmp_path, crop_margin=0.0, decode_max_side=1000)
+    service.add(discover(root), "factory_big")
+    [point] = list(store.scroll())
+    assert (point.payload["photo_width"], point.payload["photo_height"]) == (4000, 2000)
+    x1, y1, x2, y2 = point.payload["box"]  # found on the 1/2-scale decode, stored in original pixels
+    assert abs(x1 - 400) <= 4 and abs(y1 - 1000) <= 4 and abs(x2 - 1600) <= 4 and abs(y2 - 1800) <= 4
+    assert (point.payload["width"], point.payload["height"]) == (x2 - x1, y2 - y1)
+    thumb = Image.open(tmp_path / "data" / point.payload["crop_path"])
+    assert max(thumb.size) == 256

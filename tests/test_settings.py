@@ -7,8 +7,10 @@ from pathlib import Path
 from core.settings import Settings
 
 
-def test_defaults():
+def test_defaults(monkeypatch):
+    monkeypatch.delenv("EMBED_PRECISION")
     s = Settings(_env_file=None)
+    assert s.embed_precision == "auto" and s.decode_max_side == 1600
     assert s.data_dir == Path("./data")
     assert s.qdrant_url == "" and s.qdrant_collection == "shoes"
     assert s.clip_model == "clip-ViT-B-32" and s.detector_model == "yolov8n-oiv7.pt"

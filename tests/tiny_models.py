@@ -23,8 +23,11 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def build_tiny_clip(directory: Path, projection_dim: int = 16, seed: int = 0) -> Path:
-    """A ~360 KB CLIP (hidden 32, 2 layers, 64 px images) loadable by SentenceTransformer(directory)."""
+def build_tiny_clip(directory: Path, projection_dim: int = 16, seed: int = 0, full_size: bool = False) -> Path:
+    """A ~360 KB CLIP (hidden 32, 2 layers, 64 px images) loadable by SentenceTransformer(directory).
+
+    `full_size=True` builds ViT-B/32 shapes instead (random weights, the real compute cost; ~600 MB).
+    """
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
@@ -35,15 +38,20 @@ def build_tiny_clip(directory: Path, projection_dim: int = 16, seed: int = 0) ->
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
-    common = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
-    text_config = dict(common, vocab_size=len(vocab), max_position_embeddings=77,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id)
-    vision_config = dict(common, image_size=64, patch_size=16)
+    tokens = dict(vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
     torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim))
+    if full_size:
+        config = CLIPConfig(text_config=tokens)  # ViT-B/32 defaults: 224 px, 12 layers, 512-d
+        image_processor = CLIPImageProcessor()
+    else:
+        common = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+        config = CLIPConfig(text_config=dict(common, **tokens), vision_config=dict(common, image_size=64, patch_size=16),
+                            projection_dim=projection_dim)
+        image_processor = CLIPImageProcessor(size=64, crop_size=64)
+    model = CLIPModel(config)
     model.save_pretrained(directory)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size=64, crop_size=64), tokenizer=tokenizer)
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     processor.save_pretrained(directory)
     return directory
 
