@@ -97,7 +97,7 @@ def knn_candidates(store: Store, items: Items, k: int, threshold: float) -> tupl
     index = {pid: i for i, pid in enumerate(items.ids)}
     rows, cols = [], []
     for i, vector in enumerate(items.vectors):
-        for hit in store.query(vector, limit=k + 1, score_threshold=threshold - 0.02):
+        for hit in store.query(vector, limit=k + 1, score_threshold=threshold - 0.02, exact=False):
             j = index.get(hit.point_id)
             if j is not None and j != i:
                 rows.append(min(i, j))

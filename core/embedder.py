@@ -128,13 +128,13 @@ class ClipEmbedder:
         from core import onnx_clip
 
         try:
-            session, processor = onnx_clip.load_int8_image_encoder(self._model, self.model_id, self.cache_dir)
+            session, processor, exported = onnx_clip.load_int8_image_encoder(self._model, self.model_id, self.cache_dir)
         except onnx_clip.Unavailable as exc:
             if self.precision == "int8":
                 raise ModelUnavailable(f"EMBED_PRECISION=int8 needs {exc}; or set EMBED_PRECISION=fp32.") from exc
             return
         self._image_session, self._image_processor = session, processor
-        agreement = onnx_clip.agreement(self._model, session, processor)
+        agreement = onnx_clip.cached_agreement(self._model, session, processor, exported)
         if agreement < INT8_MIN_COSINE and self.precision == "auto":
             self._image_session = self._image_processor = None  # keep answers as fp32 would give them
             return

@@ -208,10 +208,13 @@ def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
     store = open_store(settings)
     ingest = ingest_service(settings, store)
     search = SearchService(store, ingest.embedder, ingest.detector, crop_margin=settings.crop_margin)
-    if preload:
-        ingest.embedder.load()
-        if hasattr(ingest.detector, "load"):
-            ingest.detector.load()
+    if preload:  # both models at once: start-up is mostly loading them
+        from concurrent.futures import ThreadPoolExecutor
+
+        loaders = [ingest.embedder.load] + ([ingest.detector.load] if hasattr(ingest.detector, "load") else [])
+        with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
+            for future in [pool.submit(load) for load in loaders]:
+                future.result()
     return Handlers(settings, store, search, ingest)
 
 

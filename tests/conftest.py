@@ -50,6 +50,16 @@ def tiny_yolo_path(tmp_path_factory) -> Path:
     return build_tiny_yolo(tmp_path_factory.mktemp("yolo") / "tiny-shoes-yolov8n.pt")
 
 
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path, tiny_clip_dir) -> Path:
+    """Environment for CLI runs: a temp DATA_DIR, the tiny CLIP, no detector. Returns tmp_path."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CLIP_MODEL", str(tiny_clip_dir))
+    monkeypatch.setenv("DETECTOR_MODEL", "none")
+    monkeypatch.setenv("DEVICE", "cpu")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_clip_dir):
     from core.embedder import ClipEmbedder

@@ -17,13 +17,9 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def env(monkeypatch, tmp_path, tiny_clip_dir):
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("CLIP_MODEL", str(tiny_clip_dir))
-    monkeypatch.setenv("DETECTOR_MODEL", "none")
-    monkeypatch.setenv("DEVICE", "cpu")
+def env(cli_env, monkeypatch):
     monkeypatch.setenv("BATCH_SIZE", "8")
-    return tmp_path
+    return cli_env
 
 
 @pytest.fixture

@@ -17,10 +17,7 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def indexed(monkeypatch, tmp_path, tiny_clip_dir):
-    for key, value in {"DATA_DIR": str(tmp_path / "data"), "CLIP_MODEL": str(tiny_clip_dir), "DETECTOR_MODEL": "none",
-                       "DEVICE": "cpu"}.items():
-        monkeypatch.setenv(key, value)
+def indexed(cli_env, tmp_path):
     catalogue = make_catalogue(tmp_path / "shoes", factories=3, products_per_factory=4, variants_per_product=3)
     for factory in ("factory_a", "factory_b", "factory_c"):
         result = runner.invoke(app, ["add", str(catalogue.factory_dir(factory)), "--json"])

@@ -56,6 +56,7 @@ def test_auto_uses_int8_only_when_it_agrees_with_fp32(tiny_clip_dir, int8, monke
     auto = ClipEmbedder(str(tiny_clip_dir), device="cpu", precision="auto", cache_dir=cache)
     auto.load()
     assert auto.active_precision == expected
+    assert len(list(cache.glob("*.agreement.json"))) == 1  # measured once, kept beside the model
     assert sorted(cache.glob("*.onnx")) == exported and exported[0].stat().st_mtime == mtime  # reused, not re-exported
 
 

@@ -81,10 +81,7 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     return expected
 
 
-def test_every_bad_file_has_its_reason_and_the_run_goes_on(tmp_path, monkeypatch, tiny_clip_dir):
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("CLIP_MODEL", str(tiny_clip_dir))
-    monkeypatch.setenv("DETECTOR_MODEL", "none")
+def test_every_bad_file_has_its_reason_and_the_run_goes_on(cli_env, tmp_path, monkeypatch):
     monkeypatch.setenv("MAX_IMAGE_PIXELS", "50000000")
     root = tmp_path / "factory_x"
     expected = build_corpus(root)
@@ -160,9 +157,7 @@ def test_unreadable_permissions_are_reported(tmp_path, tiny_clip_dir):
         ("locked.jpg", "cannot read: Permission denied")]
 
 
-def test_manifest_errors_name_the_line_through_the_cli(tmp_path, monkeypatch, tiny_clip_dir):
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("CLIP_MODEL", str(tiny_clip_dir))
+def test_manifest_errors_name_the_line_through_the_cli(cli_env, tmp_path):
     root = tmp_path / "factory_m"
     root.mkdir()
     Image.new("RGB", (8, 8)).save(root / "a.jpg")

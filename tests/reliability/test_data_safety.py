@@ -20,10 +20,7 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def indexed(monkeypatch, tmp_path, tiny_clip_dir):
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("CLIP_MODEL", str(tiny_clip_dir))
-    monkeypatch.setenv("DETECTOR_MODEL", "none")
+def indexed(cli_env, tmp_path):
     catalogue = make_catalogue(tmp_path / "shoes", factories=2, products_per_factory=3, variants_per_product=1)
     for factory in ("factory_a", "factory_b"):
         assert runner.invoke(app, ["add", str(catalogue.factory_dir(factory))]).exit_code == 0

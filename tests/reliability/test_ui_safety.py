@@ -43,6 +43,24 @@ def test_uploads_over_the_limit_are_refused(small_upload_app, tmp_path):
     assert response.status_code == 413
 
 
+def test_defaults_bind_loopback_and_limit_uploads():
+    from core.settings import Settings
+
+    settings = Settings(_env_file=None)
+    assert (settings.ui_host, settings.ui_username, settings.ui_max_upload_mb) == ("127.0.0.1", "", 50)
+
+
+def test_query_photo_over_the_pixel_limit_is_refused(handlers, tmp_path):
+    from tests.reliability.test_bad_input import _png_bomb
+
+    bomb = tmp_path / "bomb.png"
+    _png_bomb(bomb)
+    results = handlers.search_image(str(bomb))
+    assert results.hits == [] and results.status.startswith("⚠️ That photo cannot be used: image too large")
+    regions, note = handlers.detect(str(bomb))
+    assert regions == [] and "image too large" in note
+
+
 def test_user_text_is_shown_escaped(handlers):
     results = handlers.search_text("<img src=x onerror=alert(1)>", [], top_k=2)
     assert "<img" not in results.status and "&lt;img src=x onerror=alert\\(1\\)&gt;" in results.status
