@@ -198,6 +198,58 @@ def remove(
         typer.echo(f"would remove {what}" if dry_run else f"removed {removed} crops of {len(photos)} photos")
 
 
+@app.command(name="eval")
+def eval_command(
+    queries: Annotated[Optional[Path], typer.Option(
+        "--queries", help="CSV text,product_id[,factory]: text search quality too.", exists=True, dir_okay=False)] = None,
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", help="Compare models (repeatable) on the same sample, in memory; the index is not changed.")] = None,
+    sample: Annotated[int, typer.Option(min=2, help="With --model: crops to sample (whole products).")] = 500,
+    factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a markdown report here.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Retrieval quality on your own catalogue: photos of one product should find each other."""
+    from core.cluster_service import load_items
+    from core.eval_service import compare_models, evaluate_vectors, read_queries
+    from core.evaluation import markdown
+    from core.wiring import build_embedder, open_store
+
+    settings = _settings()
+    sections: list[str] = []
+    output: dict[str, Any] = {}
+    with _user_errors():
+        text = read_queries(queries) if queries else []
+        store = open_store(settings)
+        try:
+            if model:
+                compared = compare_models(
+                    store, model, lambda name: build_embedder(settings.model_copy(update={"clip_model": name})),
+                    sample=sample, queries=text, max_pixels=settings.max_image_pixels)
+                output = {"sample_crops": compared["sample_crops"], "models": {}}
+                for name, result in compared["models"].items():
+                    evaluations = result.pop("_evaluations")
+                    output["models"][name] = result
+                    sections += [markdown(e, f"{name}: {kind} queries") for kind, e in evaluations.items()]
+            else:
+                items = load_items(store, factory)
+                if len(items) == 0:
+                    raise ShoeSearchError(f"Nothing indexed in {store.location} to evaluate.")
+                evaluations = evaluate_vectors(items, build_embedder(settings) if text else None, text)
+                output = {"index": store.location, "crops": len(items),
+                          **{kind: e.to_dict() for kind, e in evaluations.items()}}
+                sections = [markdown(e, f"{kind} queries ({len(items)} crops)") for kind, e in evaluations.items()]
+        finally:
+            store.close()
+    text_report = "\n".join(sections)
+    if report:
+        report.write_text("# Retrieval evaluation\n\n" + text_report)
+    if as_json:
+        _print_json(output)
+    else:
+        typer.echo(text_report)
+
+
 @app.command(name="export")
 def export_command(
     path: Annotated[Path, typer.Argument(help="File to write (gzip JSON lines), e.g. points.jsonl.gz.")],

@@ -1,0 +1,116 @@
+"""`ingest eval`: how well the index (or another model) finds a catalogue's own products.
+
+Reads crops from the store; nothing is written to it. Model A/B embeds the same sample of
+crops (cut from the photos by their stored boxes) with each model in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.cluster_service import load_items
+from core.clustering import Items
+from core.embedder import Embedder
+from core.errors import BadImage, EmptyIndex, ShoeSearchError
+from core.evaluation import Evaluation, leave_one_out, text_queries
+from core.images import load_photo
+from core.store import Store
+
+
+def _labels(items: Items) -> tuple[list[str], list[str], list[str]]:
+    products = [f"{p.get('factory', '')}/{p.get('product_id', '')}" for p in items.payloads]
+    photos = [f"{p.get('factory', '')}/{p.get('photo_sha256') or p.get('photo_path')}" for p in items.payloads]
+    factories = [str(p.get("factory", "")) for p in items.payloads]
+    return products, photos, factories
+
+
+def read_queries(path: Path) -> list[tuple[str, str, str | None]]:
+    """queries.csv: text,product_id[,factory] -> [(text, product_id, factory or None)]."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = {c.strip() for c in reader.fieldnames or []}
+        if not {"text", "product_id"} <= columns:
+            raise ShoeSearchError(f"{path}: line 1: need columns text,product_id[,factory]")
+        rows = []
+        for line_no, row in enumerate(reader, start=2):
+            text, product = (row.get("text") or "").strip(), (row.get("product_id") or "").strip()
+            if not text or not product:
+                raise ShoeSearchError(f"{path}: line {line_no}: empty text or product_id")
+            rows.append((text, product, (row.get("factory") or "").strip() or None))
+    return rows
+
+
+def evaluate_vectors(items: Items, embedder: Embedder | None = None,
+                     queries: Sequence[tuple[str, str, str | None]] = ()) -> dict[str, Evaluation]:
+    """Leave-one-out photo retrieval on `items`, and text queries if any (needs `embedder`)."""
+    products, photos, factories = _labels(items)
+    out = {"photo": leave_one_out(items.vectors, products, photos, factories)}
+    if queries:
+        if embedder is None:
+            raise ShoeSearchError("text queries need the CLIP model")
+        vectors = embedder.embed_texts([q[0] for q in queries])
+        with_factory = any(q[2] for q in queries)
+        labels = products if with_factory else [str(p.get("product_id", "")) for p in items.payloads]
+        wanted = [f"{q[2]}/{q[1]}" if with_factory else q[1] for q in queries]
+        out["text"] = text_queries(vectors, wanted, items.vectors, labels, [q[2] or "all" for q in queries])
+    return out
+
+
+def sample_items(items: Items, limit: int, seed: int = 0) -> Items:
+    """Up to `limit` crops, whole products at a time (products with >= 2 photos first)."""
+    by_product: dict[str, list[int]] = {}
+    products, photos, _ = _labels(items)
+    for i, product in enumerate(products):
+        by_product.setdefault(product, []).append(i)
+    useful = [ids for ids in by_product.values() if len({photos[i] for i in ids}) > 1]
+    random.Random(seed).shuffle(useful)
+    chosen: list[int] = []
+    for ids in useful:
+        if len(chosen) + len(ids) > limit and chosen:
+            break
+        chosen += ids
+    chosen.sort()
+    return Items([items.ids[i] for i in chosen], items.vectors[chosen], [items.payloads[i] for i in chosen])
+
+
+def crops_of(items: Items, max_pixels: int) -> tuple[list, list[int]]:
+    """The crop images of `items` (photo cut by its stored box); unreadable photos are skipped."""
+    images, kept = [], []
+    for i, payload in enumerate(items.payloads):
+        try:
+            photo = load_photo(Path(payload["photo_path"]), max_pixels)
+        except (BadImage, OSError, KeyError):
+            continue
+        box = payload.get("box")
+        images.append(photo.crop(tuple(box)) if box else photo)
+        kept.append(i)
+    return images, kept
+
+
+def compare_models(store: Store, models: Sequence[str], make_embedder: Callable[[str], Embedder],
+                   sample: int = 500, queries: Sequence[tuple[str, str, str | None]] = (),
+                   max_pixels: int = 80_000_000) -> dict[str, Any]:
+    """Embed the same sample of crops with each model and evaluate each (in memory)."""
+    items = load_items(store)
+    if len(items) == 0:
+        raise EmptyIndex(f"Nothing indexed in {store.location} to evaluate.")
+    chosen = sample_items(items, sample)
+    images, kept = crops_of(chosen, max_pixels)
+    if not kept:
+        raise ShoeSearchError("None of the sampled photos can be read any more (moved or deleted?).")
+    payloads = [chosen.payloads[i] for i in kept]
+    ids = [chosen.ids[i] for i in kept]
+    results: dict[str, Any] = {"sample_crops": len(kept), "models": {}}
+    for name in models:
+        embedder = make_embedder(name)
+        vectors = embedder.embed_images(images)
+        evaluation = evaluate_vectors(Items(ids, vectors, payloads), embedder, queries)
+        results["models"][name] = {kind: e.to_dict() for kind, e in evaluation.items()}
+        results["models"][name]["_evaluations"] = evaluation
+    return results
