@@ -95,8 +95,9 @@ def crops_of(items: Items, max_pixels: int) -> tuple[list, list[int]]:
 
 def compare_models(store: Store, models: Sequence[str], make_embedder: Callable[[str], Embedder],
                    sample: int = 500, queries: Sequence[tuple[str, str, str | None]] = (),
-                   max_pixels: int = 80_000_000) -> dict[str, Any]:
-    """Embed the same sample of crops with each model and evaluate each (in memory)."""
+                   max_pixels: int = 80_000_000, removers: Sequence = (None,)) -> dict[str, Any]:
+    """Embed the same sample of crops with each model (and each background treatment: None =
+    crops as they are) and evaluate each variant, in memory."""
     items = load_items(store)
     if len(items) == 0:
         raise EmptyIndex(f"Nothing indexed in {store.location} to evaluate.")
@@ -107,10 +108,13 @@ def compare_models(store: Store, models: Sequence[str], make_embedder: Callable[
     payloads = [chosen.payloads[i] for i in kept]
     ids = [chosen.ids[i] for i in kept]
     results: dict[str, Any] = {"sample_crops": len(kept), "models": {}}
-    for name in models:
-        embedder = make_embedder(name)
-        vectors = embedder.embed_images(images)
-        evaluation = evaluate_vectors(Items(ids, vectors, payloads), embedder, queries)
-        results["models"][name] = {kind: e.to_dict() for kind, e in evaluation.items()}
-        results["models"][name]["_evaluations"] = evaluation
+    for remover in removers:
+        treated = remover.remove(images) if remover is not None else images
+        for name in models:
+            label = name if remover is None else f"{name} + {remover.name}"
+            embedder = make_embedder(name)
+            vectors = embedder.embed_images(treated)
+            evaluation = evaluate_vectors(Items(ids, vectors, payloads), embedder, queries)
+            results["models"][label] = {kind: e.to_dict() for kind, e in evaluation.items()}
+            results["models"][label]["_evaluations"] = evaluation
     return results

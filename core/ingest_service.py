@@ -70,6 +70,8 @@ class IngestService:
         max_image_pixels: int = 80_000_000,
         decode_max_side: int | None = 1600,
         workers: int = 2,
+        head_index=None,
+        background_remover=None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -81,6 +83,8 @@ class IngestService:
         self.max_image_pixels = max_image_pixels
         self.decode_max_side = decode_max_side
         self.workers = workers
+        self.head_index = head_index  # core.head_index.HeadIndex: projected vectors kept in step
+        self.background_remover = background_remover  # core.background: applied before embedding only
         self._collection_ready = False
 
     # ------------------------------------------------------------------ add
@@ -187,10 +191,13 @@ class IngestService:
                     "photo_height": photo_height,
                     "crop_path": self._thumbnail_relpath(pid),
                     "model": self.embedder.model_id,
+                    "background": self.background_remover.name if self.background_remover else None,
                     "ingested_at": now,
                 }))
 
-        vectors = self.embedder.embed_images(crops)
+        # Thumbnails show the crop as photographed; the model sees it without background if asked.
+        to_embed = self.background_remover.remove(crops) if self.background_remover else crops
+        vectors = self.embedder.embed_images(to_embed)
         if not self._collection_ready:
             self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]))
             self._collection_ready = True
@@ -199,7 +206,10 @@ class IngestService:
         try:
             # A photo edited in place (same path, new bytes): its old crops are stale.
             self._drop_replaced([item for item, _, _ in photos])
-            self.store.upsert([StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)])
+            points = [StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)]
+            self.store.upsert(points)
+            if self.head_index is not None:
+                self.head_index.upsert(points)
         except StoreUnavailable as exc:  # after the store's own retries: report, never drop silently
             report.photos_failed += [FailedPhoto(path_text(item.source.path), f"not stored: {exc}")
                                      for item, _, _ in photos]
@@ -256,6 +266,8 @@ class IngestService:
         if not points:
             return
         self.store.delete([p.id for p in points])
+        if self.head_index is not None:
+            self.head_index.store.delete([p.id for p in points])
         for point in points:
             if point.payload.get("crop_path"):
                 (self.data_dir / point.payload["crop_path"]).unlink(missing_ok=True)

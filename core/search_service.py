@@ -45,11 +45,18 @@ class SearchService:
     """Text, photo and more-like-this queries against one collection."""
 
     def __init__(self, store: Store, embedder: Embedder, detector: Detector | None = None,
-                 crop_margin: float = 0.08) -> None:
+                 crop_margin: float = 0.08, head_index=None, background_remover=None) -> None:
         self.store = store
         self.embedder = embedder
         self.detector = detector or NoDetector()
         self.crop_margin = crop_margin
+        self.head_index = head_index  # photo queries through a tuned head; text stays raw
+        self.background_remover = background_remover  # the same treatment as the indexed crops
+
+    def _photo_query(self, raw_vector, where, top_k, min_score) -> list[Hit]:
+        if self.head_index is not None:
+            return self.head_index.query(raw_vector, where=where, limit=top_k, score_threshold=min_score)
+        return self.store.query(raw_vector, where=where, limit=top_k, score_threshold=min_score)
 
     def _check_ready(self) -> None:
         info = self.store.info()
@@ -83,8 +90,10 @@ class SearchService:
                      min_score: float | None = None) -> list[Hit]:
         """Search with a photo region as it is (pick one from `query_crops` first if needed)."""
         self._check_ready()
+        if self.background_remover is not None:
+            image = self.background_remover.remove([image])[0]
         vector = self.embedder.embed_images([image])[0]
-        return self.store.query(vector, where=where, limit=top_k, score_threshold=min_score)
+        return self._photo_query(vector, where, top_k, min_score)
 
     def more_like_this(self, point_id: str, where: Where | None = None, top_k: int = 10,
                        min_score: float | None = None) -> list[Hit]:
@@ -92,7 +101,7 @@ class SearchService:
         found = self.store.retrieve([point_id], with_vectors=True)
         if not found or found[0].vector is None:
             raise ShoeSearchError(f"No indexed crop with id {point_id}.")
-        return self.store.query(found[0].vector, where=where, limit=top_k, score_threshold=min_score)
+        return self._photo_query(found[0].vector, where, top_k, min_score)
 
     def stats(self) -> dict[str, Any]:
         return index_stats(self.store)

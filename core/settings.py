@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         "auto", description="Image embedding precision on CPU: int8 (ONNX Runtime), fp32, or auto (int8 when it agrees).")
     batch_size: int = Field(32, ge=1, le=4096)
 
+    background_removal: Literal["none", "rembg"] = Field(
+        "none", description="Remove crop backgrounds before embedding (rembg, optional package).")
+    background_model: str = Field("u2net", description="rembg model name.")
+    projection_head: str = Field("", description="A head saved by `ingest tune`: photo queries use it; text stays raw.")
     max_image_pixels: int = Field(80_000_000, ge=1, description="Larger photos are refused (decompression bombs).")
     decode_max_side: int = Field(1600, ge=0, description="JPEGs larger than this decode at 1/2-1/8 scale; 0 = full.")
     thumbnail_size: int = Field(256, ge=32, description="Longest side of the stored crop thumbnails.")

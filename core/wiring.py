@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.background import build_remover
 from core.detector import Detector, NoDetector, YoloDetector
 from core.embedder import ClipEmbedder
 from core.ingest_service import IngestService
@@ -35,7 +36,34 @@ def build_detector(settings: Settings) -> Detector:
     )
 
 
-def ingest_service(settings: Settings, store: Store) -> IngestService:
+def open_head_index(settings: Settings, store: Store):
+    """The HeadIndex for PROJECTION_HEAD (None when unset); its collection sits beside `store`'s."""
+    if not settings.projection_head:
+        return None
+    from pathlib import Path
+
+    from core.head_index import HeadIndex, head_collection
+    from core.tuning import ProjectionHead
+
+    path = Path(settings.projection_head)
+    if not path.is_file():
+        from core.errors import ShoeSearchError
+
+        raise ShoeSearchError(f"PROJECTION_HEAD {path} does not exist: train one with `ingest tune` or unset it.")
+    head = ProjectionHead.load(path)
+    name = head_collection(settings.qdrant_collection, head)
+    if isinstance(store, QdrantClientStore):
+        head_store = QdrantClientStore(store.client, name, store.location)
+    else:
+        head_store = EdgeStore(settings.embedded_store_dir, name)
+    index = HeadIndex(head, head_store)
+    info = store.info()
+    if info is not None:
+        index.check_base(info.model)
+    return index
+
+
+def ingest_service(settings: Settings, store: Store, head_index=None) -> IngestService:
     return IngestService(
         store,
         build_embedder(settings),
@@ -46,8 +74,12 @@ def ingest_service(settings: Settings, store: Store) -> IngestService:
         thumbnail_size=settings.thumbnail_size,
         max_image_pixels=settings.max_image_pixels,
         decode_max_side=settings.decode_max_side or None,
+        head_index=head_index,
+        background_remover=build_remover(settings.background_removal, settings.background_model),
     )
 
 
-def search_service(settings: Settings, store: Store) -> SearchService:
-    return SearchService(store, build_embedder(settings), build_detector(settings), crop_margin=settings.crop_margin)
+def search_service(settings: Settings, store: Store, head_index=None) -> SearchService:
+    return SearchService(store, build_embedder(settings), build_detector(settings), crop_margin=settings.crop_margin,
+                         head_index=head_index,
+                         background_remover=build_remover(settings.background_removal, settings.background_model))

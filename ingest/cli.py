@@ -63,6 +63,20 @@ def _open_store(settings: Settings):
         store.close()
 
 
+@contextlib.contextmanager
+def _open_stores(settings: Settings):
+    """The store and, with PROJECTION_HEAD set, the head's index beside it (both closed after)."""
+    from core.wiring import open_head_index
+
+    with _open_store(settings) as store:
+        head = open_head_index(settings, store)
+        try:
+            yield store, head
+        finally:
+            if head is not None:
+                head.store.close()
+
+
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
@@ -87,8 +101,8 @@ def add(
     with _user_errors():
         sources = list(discover(path, factory=factory, manifest=manifest))
         label = factory or (path.name if path.is_dir() else path.parent.name)
-        with _open_store(settings) as store:
-            service = ingest_service(settings, store)
+        with _open_stores(settings) as (store, head):
+            service = ingest_service(settings, store, head)
             console = Console(stderr=True)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), console=console, transient=as_json,
@@ -146,8 +160,8 @@ def search(
 
     settings = _settings()
     where = build_where(factory)
-    with _user_errors(), _open_store(settings) as store:
-        service = search_service(settings, store)
+    with _user_errors(), _open_stores(settings) as (store, head):
+        service = search_service(settings, store, head)
         if text is not None:
             hits = service.search_text(text, where=where, top_k=top_k, min_score=min_score)
             query: dict[str, Any] = {"text": text}
@@ -181,8 +195,8 @@ def remove(
     from core.wiring import ingest_service
 
     settings = _settings()
-    with _user_errors(), _open_store(settings) as store:
-        service = ingest_service(settings, store)
+    with _user_errors(), _open_stores(settings) as (store, head):
+        service = ingest_service(settings, store, head)
         points = service.find(factory=factory, path=path)
         photos = {p.payload.get("photo_path") for p in points}
         what = f"{len(points)} crops of {len(photos)} photos"
@@ -205,6 +219,8 @@ def eval_command(
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", help="Compare models (repeatable) on the same sample, in memory; the index is not changed.")] = None,
     sample: Annotated[int, typer.Option(min=2, help="With --model: crops to sample (whole products).")] = 500,
+    background: Annotated[Optional[list[str]], typer.Option(
+        "--background", help="With --model: none | rembg (repeatable): measure background removal.")] = None,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a markdown report here.")] = None,
     as_json: JsonFlag = False,
@@ -222,10 +238,15 @@ def eval_command(
         text = read_queries(queries) if queries else []
         store = open_store(settings)
         try:
+            if background and not model:
+                raise typer.BadParameter("--background compares variants: give --model too", param_hint="--background")
             if model:
+                from core.background import build_remover
+
                 compared = compare_models(
                     store, model, lambda name: build_embedder(settings.model_copy(update={"clip_model": name})),
-                    sample=sample, queries=text, max_pixels=settings.max_image_pixels)
+                    sample=sample, queries=text, max_pixels=settings.max_image_pixels,
+                    removers=[build_remover(kind, settings.background_model) for kind in (background or ["none"])])
                 output = {"sample_crops": compared["sample_crops"], "models": {}}
                 for name, result in compared["models"].items():
                     evaluations = result.pop("_evaluations")
@@ -248,6 +269,62 @@ def eval_command(
         _print_json(output)
     else:
         typer.echo(text_report)
+
+
+@app.command(name="tune")
+def tune_command(
+    dim: Annotated[int, typer.Option(min=8, max=4096, help="Size of the tuned vectors.")] = 128,
+    loss: Annotated[str, typer.Option(help="mnr (multiple negatives) | triplet (batch-hard)")] = "mnr",
+    epochs: Annotated[int, typer.Option(min=1, max=1000)] = 60,
+    factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Learn from these factories only.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Head file (.npz).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train a projection head on the indexed crop vectors (labels: product ids); reports
+    validation mAP of raw CLIP versus the head on held-out products."""
+    if loss not in ("mnr", "triplet"):
+        raise typer.BadParameter("mnr or triplet", param_hint="--loss")
+    from core.cluster_service import load_items
+    from core.tuning import train_head
+
+    settings = _settings()
+    with _user_errors(), _open_store(settings) as store:
+        info = store.info()
+        items = load_items(store, factory)
+        if info is None or len(items) == 0:
+            raise ShoeSearchError(f"Nothing indexed in {store.location} to learn from.")
+        labels = [f"{p.get('factory', '')}/{p.get('product_id', '')}" for p in items.payloads]
+        photos = [f"{p.get('factory', '')}/{p.get('photo_sha256')}" for p in items.payloads]
+        with _progress_bar(as_json) as (bar, task):
+            head = train_head(items.vectors, labels, photos, items.ids, info.model, dim_out=dim, loss=loss,
+                              epochs=epochs, progress=lambda epoch, val: bar.update(
+                                  task, completed=100 * epoch / epochs, description=f"epoch {epoch} mAP {val:.3f}"))
+        path = head.save(output or settings.data_dir / "heads" / f"{info.model}-{head.info.head_id}.npz")
+    result = {"head": str(path), **head.info.metrics, "epochs_run": head.info.epochs_run,
+              "best_epoch": head.info.best_epoch, "train_products": head.info.train_products,
+              "val_products": head.info.val_products}
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"validation mAP on {head.info.val_products} held-out products: raw CLIP "
+               f"{head.info.metrics['val_mAP_raw']:.3f} -> head {head.info.metrics['val_mAP_head']:.3f} "
+               f"(best epoch {head.info.best_epoch} of {head.info.epochs_run})")
+    typer.echo(f"saved {path}\nto use it: PROJECTION_HEAD={path} ingest reproject")
+
+
+@app.command(name="reproject")
+def reproject_command(as_json: JsonFlag = False) -> None:
+    """Fill PROJECTION_HEAD's collection from the indexed vectors (no model needed)."""
+    settings = _settings()
+    with _user_errors(), _open_stores(settings) as (store, head):
+        if head is None:
+            raise ShoeSearchError("Set PROJECTION_HEAD to a head file from `ingest tune` first.")
+        count = head.sync_from(store)
+        location = head.store.collection
+    if as_json:
+        _print_json({"projected": count, "collection": location})
+    else:
+        typer.echo(f"projected {count} crops into collection {location}")
 
 
 @app.command(name="export")

@@ -201,17 +201,20 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
 
 def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
     """Open the store and the models once; every request shares them."""
-    from core.wiring import ingest_service, open_store
     from core.search_service import SearchService
+    from core.wiring import ingest_service, open_head_index, open_store
     from search_ui.handlers import Handlers
 
     store = open_store(settings)
-    ingest = ingest_service(settings, store)
-    search = SearchService(store, ingest.embedder, ingest.detector, crop_margin=settings.crop_margin)
+    head = open_head_index(settings, store)
+    ingest = ingest_service(settings, store, head)
+    search = SearchService(store, ingest.embedder, ingest.detector, crop_margin=settings.crop_margin, head_index=head,
+                           background_remover=ingest.background_remover)
     if preload:  # both models at once: start-up is mostly loading them
         from concurrent.futures import ThreadPoolExecutor
 
-        loaders = [ingest.embedder.load] + ([ingest.detector.load] if hasattr(ingest.detector, "load") else [])
+        loaders = [ingest.embedder.load] + [part.load for part in (ingest.detector, ingest.background_remover)
+                                            if hasattr(part, "load")]
         with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
             for future in [pool.submit(load) for load in loaders]:
                 future.result()
@@ -255,6 +258,8 @@ def main() -> None:
         launch(settings, handlers)
     finally:
         handlers.store.close()
+        if handlers.search.head_index is not None:
+            handlers.search.head_index.store.close()
 
 
 if __name__ == "__main__":  # pragma: no cover
