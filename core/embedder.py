@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,18 @@ class Embedder(Protocol):
     """Turns crops and texts into L2-normalized float32 vectors of one space."""
 
     model_id: str
+
+    def _from_cache_or_hub(self, loader, device: str):
+        """A local folder or cached model loads at once; a download is only tried when the hub
+        answers within seconds (offline, the hub client would retry for minutes)."""
+        try:
+            return loader(self.model_name, device=device, local_files_only=True)
+        except Exception:
+            if Path(self.model_name).exists() or hub_offline():
+                raise
+        if not hub_reachable():
+            raise OSError("not in the local model cache, and huggingface.co cannot be reached to download it")
+        return loader(self.model_name, device=device)
 
     @property
     def dimension(self) -> int: ...
@@ -43,6 +56,21 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Can a model download start? (A TCP connection within `timeout` seconds.)"""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def clean_query_text(text: str) -> str:
@@ -99,7 +127,7 @@ class ClipEmbedder:
 
                 hf_logging.disable_progress_bar()  # no "Loading weights" bars in CLI output
                 device = resolve_device(self.device)
-                model = SentenceTransformer(self.model_name, device=device)
+                model = self._from_cache_or_hub(SentenceTransformer, device)
                 if device == "cuda":
                     model.half()
             except Exception as exc:
@@ -116,6 +144,18 @@ class ClipEmbedder:
                 self.active_precision = "fp16"
             elif self.precision in ("int8", "auto"):
                 self._load_int8()
+
+    def _from_cache_or_hub(self, loader, device: str):
+        """A local folder or cached model loads at once; a download is only tried when the hub
+        answers within seconds (offline, the hub client would retry for minutes)."""
+        try:
+            return loader(self.model_name, device=device, local_files_only=True)
+        except Exception:
+            if Path(self.model_name).exists() or hub_offline():
+                raise
+        if not hub_reachable():
+            raise OSError("not in the local model cache, and huggingface.co cannot be reached to download it")
+        return loader(self.model_name, device=device)
 
     @property
     def dimension(self) -> int:

@@ -48,7 +48,7 @@ class HeadInfo:
 
     @property
     def head_id(self) -> str:
-        return f"{self.data_hash[:8]}{self.dim_out}"
+        return f"{self.data_hash[:8]}-{self.dim_out}d"
 
 
 @dataclass

@@ -70,3 +70,25 @@ def test_missing_detector_is_one_clear_error(name, expected):
 def test_detector_without_shoe_classes_is_refused(tiny_yolo_path):
     with pytest.raises(ModelUnavailable, match="knows none of DETECTOR_CLASSES .Person."):
         YoloDetector(str(tiny_yolo_path), ["Person"]).load()
+
+
+def test_uncached_hub_model_without_offline_flags_fails_fast(monkeypatch):
+    """Not in the cache and the hub unreachable: one clear error, no minutes of hub retries."""
+    import core.embedder
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    probes = []
+    monkeypatch.setattr(core.embedder, "hub_reachable", lambda *a, **k: probes.append(1) or False)
+    with pytest.raises(ModelUnavailable, match="not in the local model cache, and huggingface.co cannot be reached"):
+        ClipEmbedder("sentence-transformers/clip-ViT-B-32", device="cpu").load()
+    assert probes == [1]
+
+
+def test_hub_offline_flag_skips_the_probe(monkeypatch):
+    import core.embedder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(core.embedder, "hub_reachable", lambda *a, **k: pytest.fail("probed while offline"))
+    with pytest.raises(ModelUnavailable, match="could not be loaded"):
+        ClipEmbedder("clip-ViT-B-32", device="cpu").load()
