@@ -46,17 +46,57 @@ def read_queries(path: Path) -> list[tuple[str, str, str | None]]:
     return rows
 
 
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """pairs.csv: a,b[,same] of photo paths (relative to the file or absolute); rows with
+    same = 0/false are ignored. Returns the (a, b) paths that show the same shoe."""
+    pairs = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not {"a", "b"} <= {c.strip() for c in reader.fieldnames or []}:
+            raise ShoeSearchError(f"{path}: line 1: need columns a,b[,same]")
+        for line_no, row in enumerate(reader, start=2):
+            if str(row.get("same", "1")).strip().lower() in {"0", "false", "no", "n"}:
+                continue
+            a, b = (row.get("a") or "").strip(), (row.get("b") or "").strip()
+            if not a or not b:
+                raise ShoeSearchError(f"{path}: line {line_no}: empty a or b")
+            pairs.append(tuple(str(Path(v) if Path(v).is_absolute() else (path.parent / v).absolute()) for v in (a, b)))
+    return pairs
+
+
+def labels_from_pairs(items: Items, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Relevance labels from user pairs: photos linked (transitively) share a label; every other
+    crop gets a label of its own (a distractor, never a query)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        parent[find(a)] = find(b)
+    return [f"pair:{find(p['photo_path'])}" if p.get("photo_path") in parent else f"own:{pid}"
+            for pid, p in zip(items.ids, items.payloads)]
+
+
 def evaluate_vectors(items: Items, embedder: Embedder | None = None,
-                     queries: Sequence[tuple[str, str, str | None]] = ()) -> dict[str, Evaluation]:
-    """Leave-one-out photo retrieval on `items`, and text queries if any (needs `embedder`)."""
+                     queries: Sequence[tuple[str, str, str | None]] = (),
+                     pairs: Sequence[tuple[str, str]] = ()) -> dict[str, Evaluation]:
+    """Leave-one-out photo retrieval on `items` (relevance: same product, or linked by `pairs`),
+    and text queries if any (needs `embedder`)."""
     products, photos, factories = _labels(items)
+    if pairs:
+        products = labels_from_pairs(items, pairs)
     out = {"photo": leave_one_out(items.vectors, products, photos, factories)}
     if queries:
         if embedder is None:
             raise ShoeSearchError("text queries need the CLIP model")
         vectors = embedder.embed_texts([q[0] for q in queries])
         with_factory = any(q[2] for q in queries)
-        labels = products if with_factory else [str(p.get("product_id", "")) for p in items.payloads]
+        labels = _labels(items)[0] if with_factory else [str(p.get("product_id", "")) for p in items.payloads]
         wanted = [f"{q[2]}/{q[1]}" if with_factory else q[1] for q in queries]
         out["text"] = text_queries(vectors, wanted, items.vectors, labels, [q[2] or "all" for q in queries])
     return out

@@ -216,6 +216,9 @@ def remove(
 def eval_command(
     queries: Annotated[Optional[Path], typer.Option(
         "--queries", help="CSV text,product_id[,factory]: text search quality too.", exists=True, dir_okay=False)] = None,
+    pairs: Annotated[Optional[Path], typer.Option(
+        "--pairs", help="CSV a,b[,same] of photo paths showing the same shoe: relevance instead of product ids.",
+        exists=True, dir_okay=False)] = None,
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", help="Compare models (repeatable) on the same sample, in memory; the index is not changed.")] = None,
     sample: Annotated[int, typer.Option(min=2, help="With --model: crops to sample (whole products).")] = 500,
@@ -227,7 +230,7 @@ def eval_command(
 ) -> None:
     """Retrieval quality on your own catalogue: photos of one product should find each other."""
     from core.cluster_service import load_items
-    from core.eval_service import compare_models, evaluate_vectors, read_queries
+    from core.eval_service import compare_models, evaluate_vectors, read_pairs, read_queries
     from core.evaluation import markdown
     from core.wiring import build_embedder, open_store
 
@@ -236,6 +239,9 @@ def eval_command(
     output: dict[str, Any] = {}
     with _user_errors():
         text = read_queries(queries) if queries else []
+        linked = read_pairs(pairs) if pairs else []
+        if linked and model:
+            raise typer.BadParameter("--pairs applies to the index; compare models by product ids", param_hint="--pairs")
         store = open_store(settings)
         try:
             if background and not model:
@@ -256,7 +262,7 @@ def eval_command(
                 items = load_items(store, factory)
                 if len(items) == 0:
                     raise ShoeSearchError(f"Nothing indexed in {store.location} to evaluate.")
-                evaluations = evaluate_vectors(items, build_embedder(settings) if text else None, text)
+                evaluations = evaluate_vectors(items, build_embedder(settings) if text else None, text, linked)
                 output = {"index": store.location, "crops": len(items),
                           **{kind: e.to_dict() for kind, e in evaluations.items()}}
                 sections = [markdown(e, f"{kind} queries ({len(items)} crops)") for kind, e in evaluations.items()]

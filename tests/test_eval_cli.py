@@ -57,3 +57,25 @@ def test_eval_on_an_empty_index_and_bad_queries_file(cli_env, tmp_path):
     bad.write_text("query,sku\nx,y\n")
     result = runner.invoke(app, ["eval", "--queries", str(bad)])
     assert result.exit_code == 1 and "line 1: need columns text,product_id" in result.stderr
+
+
+def test_eval_with_user_pairs(cli_env, tmp_path):
+    catalogue = make_catalogue(tmp_path / "shoes", factories=2, products_per_factory=3, variants_per_product=1,
+                               shared_products=1)
+    for factory in ("factory_a", "factory_b"):
+        assert runner.invoke(app, ["add", str(catalogue.factory_dir(factory))]).exit_code == 0
+    # The shared design is one shoe sold by both factories: link its four photos across factories.
+    shared = [p for p in catalogue.photos if p.product_id in ("A100", "B100")]
+    pairs = tmp_path / "pairs.csv"
+    rows = ["a,b,same"] + [f"{shared[0].path},{p.path},1" for p in shared[1:]] + \
+        [f"{catalogue.photos[2].path},{catalogue.photos[3].path},0"]
+    pairs.write_text("\n".join(rows) + "\n")
+    data = json.loads(runner.invoke(app, ["eval", "--pairs", str(pairs), "--json"]).stdout)
+    assert data["photo"]["queries"] == 4  # only the linked photos are queries; the rest are distractors
+    assert set(data["photo"]["per_factory"]) == {"factory_a", "factory_b"}
+    # 3 relevant each among 11 candidates: the top 10 misses at most one of them.
+    assert data["photo"]["overall"]["R@10"] >= 2 / 3 - 1e-4
+    bad = tmp_path / "bad.csv"
+    bad.write_text("left,right\nx,y\n")
+    result = runner.invoke(app, ["eval", "--pairs", str(bad)])
+    assert result.exit_code == 1 and "line 1: need columns a,b[,same]" in result.stderr
