@@ -21,18 +21,6 @@ class Embedder(Protocol):
 
     model_id: str
 
-    def _from_cache_or_hub(self, loader, device: str):
-        """A local folder or cached model loads at once; a download is only tried when the hub
-        answers within seconds (offline, the hub client would retry for minutes)."""
-        try:
-            return loader(self.model_name, device=device, local_files_only=True)
-        except Exception:
-            if Path(self.model_name).exists() or hub_offline():
-                raise
-        if not hub_reachable():
-            raise OSError("not in the local model cache, and huggingface.co cannot be reached to download it")
-        return loader(self.model_name, device=device)
-
     @property
     def dimension(self) -> int: ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from core.batches import iter_batches
 from core.models import Hit
 from core.store import Store, StoredPoint, Where
 from core.tuning import ProjectionHead
@@ -41,18 +42,13 @@ class HeadIndex:
 
     def sync_from(self, source: Store, progress: Callable[[int], None] | None = None) -> int:
         """Project every raw point into the head collection (no model needed); returns how many."""
-        batch: list[StoredPoint] = []
         done = 0
-        for point in source.scroll(with_vectors=True, batch_size=1024):
-            batch.append(point)
-            if len(batch) >= 1024:
-                self.upsert(batch)
-                done += len(batch)
-                batch = []
-                if progress:
-                    progress(done)
-        self.upsert(batch)
-        return done + len(batch)
+        for batch in iter_batches(source.scroll(with_vectors=True, batch_size=1024), 1024):
+            self.upsert(batch)
+            done += len(batch)
+            if progress:
+                progress(done)
+        return done
 
     def query(self, raw_vector, where: Where | None = None, limit: int = 10,
               score_threshold: float | None = None) -> list[Hit]:

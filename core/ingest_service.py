@@ -7,13 +7,14 @@ tiny real models or a fake detector, and the CLI and the UI share one code path.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.batches import iter_batches
 from core.catalogue import path_text
 from core.detector import Detector
 from core.embedder import Embedder
@@ -27,17 +28,6 @@ from core.store import Store, StoredPoint, check_model
 OPTIMIZE_MIN_POINTS = 20_000
 
 ProgressFn = Callable[[int, str], None]  # (photos done so far, current photo path)
-
-
-def iter_batches(items: Iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 @dataclass

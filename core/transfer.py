@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.batches import iter_batches
 from core.errors import EmptyIndex, ShoeSearchError
 from core.store import Store, StoredPoint, Where
 
@@ -60,20 +61,20 @@ def import_points(store: Store, path: Path, batch_size: int = 512,
     if header.get("version", 0) > VERSION:
         raise ShoeSearchError(f"{path} was written by a newer version (format version {header['version']}).")
     store.ensure_collection(header["model"], int(header["dimension"]))
-    count = 0
-    batch: list[StoredPoint] = []
-    with handle:
+
+    def points():
         for line_no, line in enumerate(handle, start=2):
             try:
                 row = json.loads(line)
-                batch.append(StoredPoint(str(row["id"]), row["payload"], np.asarray(row["vector"], dtype=np.float32)))
+                yield StoredPoint(str(row["id"]), row["payload"], np.asarray(row["vector"], dtype=np.float32))
             except (ValueError, KeyError) as exc:
                 raise ShoeSearchError(f"{path}: line {line_no}: not a point ({exc})") from exc
-            if len(batch) >= batch_size:
-                store.upsert(batch)
-                count += len(batch)
-                batch = []
-                if progress:
-                    progress(count)
-        store.upsert(batch)
-    return count + len(batch)
+
+    count = 0
+    with handle:
+        for batch in iter_batches(points(), batch_size):
+            store.upsert(batch)
+            count += len(batch)
+            if progress:
+                progress(count)
+    return count
