@@ -180,6 +180,7 @@ class EdgeStore:
         self.meta_path = self.directory / f"{collection}.json"
         self.location = f"embedded store {self.shard_dir}"
         self._lock = threading.RLock()
+        self._info: CollectionInfo | None = None  # the record never changes once written
         self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir))
         self._shard = None
         try:
@@ -198,10 +199,10 @@ class EdgeStore:
             raise StoreUnavailable(f"Cannot open the embedded store {self.shard_dir}: {exc}") from exc
 
     def info(self) -> CollectionInfo | None:
-        if not self.meta_path.exists():
-            return None
-        meta = json.loads(self.meta_path.read_text())
-        return CollectionInfo(meta["model"], int(meta["dimension"]), int(meta.get("schema_version", 1)))
+        if self._info is None and self.meta_path.exists():  # read once, not on every query
+            meta = json.loads(self.meta_path.read_text())
+            self._info = CollectionInfo(meta["model"], int(meta["dimension"]), int(meta.get("schema_version", 1)))
+        return self._info
 
     def ensure_collection(self, model: str, dimension: int) -> CollectionInfo:
         from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, PayloadSchemaType, UpdateOperation
@@ -228,6 +229,7 @@ class EdgeStore:
             }, indent=2))
             tmp.replace(self.meta_path)
             self._shard = shard
+            self._info = info
             return info
 
     def _require(self):
@@ -373,6 +375,9 @@ class QdrantClientStore:
         self.client = client
         self.collection = collection
         self.location = location
+        # Known once the collection exists (its model and size never change): a search then costs
+        # one request, not three. Forgotten if the collection vanishes (see `_read`).
+        self._info: CollectionInfo | None = None
         # qdrant-client's local mode is not safe for writes during reads; a server is.
         self._lock = threading.RLock() if client._client.__class__.__name__ == "QdrantLocal" else contextlib.nullcontext()
 
@@ -397,6 +402,8 @@ class QdrantClientStore:
         return cls(client, collection, f"Qdrant server {url}")
 
     def info(self) -> CollectionInfo | None:
+        if self._info is not None:
+            return self._info
         with self._lock:
             if not self.client.collection_exists(self.collection):
                 return None
@@ -404,8 +411,9 @@ class QdrantClientStore:
         meta = config.metadata or {}
         vectors = config.params.vectors
         dimension = vectors[VECTOR_NAME].size if isinstance(vectors, dict) and VECTOR_NAME in vectors else 0
-        return CollectionInfo(str(meta.get("model", "?")), int(meta.get("dimension", dimension)),
-                              int(meta.get("schema_version", SCHEMA_VERSION)))
+        self._info = CollectionInfo(str(meta.get("model", "?")), int(meta.get("dimension", dimension)),
+                                    int(meta.get("schema_version", SCHEMA_VERSION)))
+        return self._info
 
     def ensure_collection(self, model: str, dimension: int) -> CollectionInfo:
         from qdrant_client import models
@@ -424,7 +432,8 @@ class QdrantClientStore:
                 warnings.simplefilter("ignore", UserWarning)
                 for key in INDEXED_KEYWORDS:
                     self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
-        return CollectionInfo(model, dimension)
+        self._info = CollectionInfo(model, dimension)
+        return self._info
 
     @staticmethod
     def _filter(where: Where | None):
@@ -438,8 +447,23 @@ class QdrantClientStore:
             lambda key, match: models.FieldCondition(key=key, match=match)))
 
     def _exists(self) -> bool:
-        with self._lock:
-            return self.client.collection_exists(self.collection)
+        return self.info() is not None
+
+    def _read(self, read, empty):
+        """`read()` if the collection exists, else `empty`; a collection deleted behind our back
+        (while its record was cached) also answers `empty`."""
+        if not self._exists():
+            return empty
+        try:
+            with self._lock:
+                return read()
+        except Exception as exc:
+            vanished = getattr(exc, "status_code", None) == 404 or (
+                isinstance(exc, ValueError) and "not found" in str(exc).lower())
+            if not vanished:
+                raise
+            self._info = None
+            return empty
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
         from qdrant_client import models
@@ -467,10 +491,10 @@ class QdrantClientStore:
                 time.sleep(delay)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
-        if not ids or not self._exists():
+        if not ids:
             return []
-        with self._lock:
-            records = self.client.retrieve(self.collection, list(ids), with_payload=True, with_vectors=with_vectors)
+        records = self._read(lambda: self.client.retrieve(self.collection, list(ids), with_payload=True,
+                                                          with_vectors=with_vectors), [])
         return [_stored_point(r, with_vectors) for r in records]
 
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
@@ -488,45 +512,34 @@ class QdrantClientStore:
     def query(self, vector, where=None, limit=10, score_threshold=None, exact=None) -> list[Hit]:
         from qdrant_client import models
 
-        if not self._exists():
-            return []
-        with self._lock:
-            response = self.client.query_points(
-                self.collection, query=_vector_list(vector), using=VECTOR_NAME,
-                query_filter=self._filter(where), limit=limit, with_payload=True,
-                score_threshold=score_threshold,
-                search_params=models.SearchParams(exact=exact) if exact is not None else None,
-            )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+        points = self._read(lambda: self.client.query_points(
+            self.collection, query=_vector_list(vector), using=VECTOR_NAME,
+            query_filter=self._filter(where), limit=limit, with_payload=True,
+            score_threshold=score_threshold,
+            search_params=models.SearchParams(exact=exact) if exact is not None else None,
+        ).points, [])
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def scroll(self, where=None, with_vectors=False, batch_size=512) -> Iterator[StoredPoint]:
-        if not self._exists():
-            return
         offset = None
         while True:
-            with self._lock:
-                records, offset = self.client.scroll(
-                    self.collection, scroll_filter=self._filter(where), limit=batch_size,
-                    offset=offset, with_payload=True, with_vectors=with_vectors,
-                )
+            records, offset = self._read(lambda: self.client.scroll(
+                self.collection, scroll_filter=self._filter(where), limit=batch_size,
+                offset=offset, with_payload=True, with_vectors=with_vectors,
+            ), ([], None))
             for record in records:
                 yield _stored_point(record, with_vectors)
             if offset is None:
                 return
 
     def count(self, where=None) -> int:
-        if not self._exists():
-            return 0
-        with self._lock:
-            return int(self.client.count(self.collection, count_filter=self._filter(where), exact=True).count)
+        return int(self._read(lambda: self.client.count(self.collection, count_filter=self._filter(where),
+                                                        exact=True).count, 0))
 
     def facet(self, key: str, where=None) -> dict[str, int]:
-        if not self._exists():
-            return {}
-        with self._lock:
-            response = self.client.facet(self.collection, key, facet_filter=self._filter(where),
-                                         limit=100_000, exact=True)
-        return {str(hit.value): int(hit.count) for hit in response.hits}
+        hits = self._read(lambda: self.client.facet(self.collection, key, facet_filter=self._filter(where),
+                                                    limit=100_000, exact=True).hits, [])
+        return {str(hit.value): int(hit.count) for hit in hits}
 
     def optimize(self) -> None:
         """A server builds its indexes by itself."""

@@ -193,3 +193,43 @@ def test_edge_lock_is_released_when_the_holder_is_killed(tmp_path):
         assert store.count() == 1 and store.info().model == "m"
     finally:
         store.close()
+
+
+def test_collection_record_is_read_once_and_a_vanished_collection_answers_empty():
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(":memory:")
+    store = QdrantClientStore(client, "shoes", "qdrant-client :memory:")
+    store.ensure_collection("m", DIM)
+    points = _points(20, np.random.default_rng(7))
+    store.upsert(points)
+    lookups = []
+    for name in ("collection_exists", "get_collection"):
+        real = getattr(client, name)
+        setattr(client, name, lambda *a, _real=real, _name=name, **k: lookups.append(_name) or _real(*a, **k))
+    for _ in range(3):  # what a search does: record, count, query
+        assert store.info().model == "m" and store.count() == 20
+        assert store.query(points[0].vector, limit=1)[0].point_id == points[0].id
+    assert lookups == []
+    client.delete_collection("shoes")  # behind the store's back
+    assert store.query(points[0].vector) == [] and store.count() == 0 and list(store.scroll()) == []
+    assert store.info() is None and store.facet("factory") == {}
+
+
+def test_edge_reads_its_record_once(tmp_path, monkeypatch):
+    store = EdgeStore(tmp_path / "edge", "shoes")
+    try:
+        store.ensure_collection("m", DIM)
+        reads = []
+        real = type(store.meta_path).read_text
+        monkeypatch.setattr(type(store.meta_path), "read_text", lambda self, *a, **k: reads.append(self) or real(self, *a, **k))
+        for _ in range(3):
+            assert store.info().model == "m"
+        assert reads == []
+    finally:
+        store.close()
+    again = EdgeStore(tmp_path / "edge", "shoes")  # a new process-like open reads it from disk
+    try:
+        assert again.info().dimension == DIM
+    finally:
+        again.close()
