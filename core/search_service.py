@@ -96,15 +96,37 @@ class SearchService:
         return self._photo_query(vector, where, top_k, min_score)
 
     def more_like_this(self, point_id: str, where: Where | None = None, top_k: int = 10,
-                       min_score: float | None = None) -> list[Hit]:
-        """Search with a stored point's own vector (no model needed)."""
+                       min_score: float | None = None, include_self: bool = False) -> list[Hit]:
+        """Search with a stored point's own vector (no model needed).
+
+        The point itself would always be hit 1 (similarity 1.0), which tells a person nothing,
+        so it is left out unless `include_self`.
+        """
+        point_id = str(point_id or "").strip()
+        if not _is_point_id(point_id):
+            raise ShoeSearchError(f"'{point_id[:80]}' is not a crop id: pick a result first (ids look like "
+                                  "3f2b1c4e-...-...).")
         found = self.store.retrieve([point_id], with_vectors=True)
         if not found or found[0].vector is None:
             raise ShoeSearchError(f"No indexed crop with id {point_id}.")
-        return self._photo_query(found[0].vector, where, top_k, min_score)
+        if include_self:
+            return self._photo_query(found[0].vector, where, top_k, min_score)
+        hits = self._photo_query(found[0].vector, where, top_k + 1, min_score)
+        return [h for h in hits if h.point_id != found[0].id][:top_k]
 
     def stats(self) -> dict[str, Any]:
         return index_stats(self.store)
+
+
+def _is_point_id(text: str) -> bool:
+    """Point ids are UUIDs; anything else is refused before it reaches a store."""
+    import uuid
+
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def index_stats(store: Store) -> dict[str, Any]:

@@ -2,11 +2,23 @@
 
 Run: `search-ui` (or `python -m search_ui`). Named API endpoints: /search_text, /search_image,
 /more_like_this, /factories (see the README for a gradio_client example).
+
+Only stock Gradio components are used: a subclass of one (say `gr.Image`) makes Gradio treat it
+as a custom component whose front-end bundle does not exist, and the browser shows nothing.
+Uploads reach our own decoder through `preprocess=False` instead (Gradio still checks that the
+file lies in its upload cache), so a broken photo gets our message, not a Gradio error.
 """
 
+import base64
+import binascii
 import logging
+import socket
 import sys
-from typing import TYPE_CHECKING
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -20,33 +32,44 @@ TITLE = "Shoe catalogue search"
 # No `from __future__ import annotations` here: Gradio reads the `gr.SelectData` annotations
 # of event functions at runtime to inject the event, and cannot resolve them from strings.
 
+# Captions wrap instead of being cut off; the result detail reads as a card.
+CSS = """
+#results .caption-label, #groups .caption-label, #group-members .caption-label {
+    white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+    max-width: 100% !important; line-height: 1.25; font-size: 0.8rem; }
+#detail-card table { font-size: 0.9rem; }
+#detail-card td:first-child { white-space: nowrap; font-weight: 600; padding-right: 1em; }
+#detail-card td { word-break: break-all; }
+"""
 
-def _photo_input_class():
-    import gradio as gr
+SCROLL_TO_DETAIL = "() => { document.getElementById('detail')?.scrollIntoView({block: 'start'}); }"
 
-    class PhotoInput(gr.Image):
-        """A gr.Image that hands the uploaded file to our decoder untouched.
 
-        gr.Image opens every upload with PIL first, so a broken file fails inside Gradio
-        with no message for the user; our decoder gives the reason and applies the limits.
-        """
-
-        def preprocess(self, payload):
-            if payload is None or (payload.url and payload.url.startswith("data:")):
-                try:
-                    return super().preprocess(payload)
-                except Exception:
-                    return None
-            return str(payload.path)
-
-    return PhotoInput
+def upload_path(payload: Any, max_bytes: int) -> str | None:
+    """The local file behind an image input's raw payload (a FileData dict, a path or a data: URL)."""
+    if payload is None:
+        return None
+    if isinstance(payload, (str, Path)):
+        return str(payload)
+    url, path = payload.get("url") or "", payload.get("path")
+    if url.startswith("data:"):  # a pasted image sent inline
+        try:
+            data = base64.b64decode(url.split(",", 1)[1], validate=False)
+        except (IndexError, binascii.Error):
+            data = b""
+        if len(data) > max_bytes:
+            data = b""  # our decoder then says it is not an image; nothing large is written
+        with tempfile.NamedTemporaryFile(prefix="pasted-", suffix=".img", delete=False) as out:
+            out.write(data)
+        return out.name
+    return str(path) if path else None
 
 
 def build_app(handlers: "Handlers") -> "gr.Blocks":
-    """The whole page: Search tab (text / photo / more-like-this) and Catalogue tab."""
+    """The whole page: Search (text / photo / more-like-this), Duplicates and Catalogue tabs."""
     import gradio as gr
 
-    PhotoInput = _photo_input_class()
+    max_upload = handlers.settings.ui_max_upload_mb * 1024 * 1024
 
     def outputs_of(results):
         return results.gallery, results.hits, results.status, results.hits
@@ -55,124 +78,209 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         gr.Markdown(f"# {TITLE}\nFind a shoe by photo or by words, across every factory's catalogue.")
         hits_state = gr.State([])
         selected_id = gr.State("")
-        with gr.Tab("Search"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    with gr.Tab("By text"):
-                        text = gr.Textbox(label="Describe the shoe", placeholder="white leather high-top sneaker",
-                                          elem_id="query-text")
-                        text_button = gr.Button("Search", variant="primary", elem_id="search-text-button")
-                    with gr.Tab("By photo"):
-                        # filepath, not pil: our decoder applies the pixel limit, EXIF and clear errors.
-                        photo = PhotoInput(label="Query photo (upload, paste or drop)", type="filepath",
-                                         sources=["upload", "clipboard"], elem_id="query-photo")
-                        detect_note = gr.Markdown()
-                        regions = gr.Gallery(label="Detected shoes: click the one to search with", columns=4,
-                                             height=160, allow_preview=False, elem_id="query-regions")
-                        region = gr.Number(value=0, precision=0, visible=False)
-                        photo_button = gr.Button("Search with this photo", variant="primary")
-                with gr.Column(scale=1):
-                    # A dropdown, not checkboxes: API callers may name factories added after start-up.
-                    factories = gr.Dropdown(label="Factories (crops indexed)", choices=handlers.factory_choices(),
-                                            multiselect=True, allow_custom_value=True, elem_id="factories")
-                    with gr.Row():
-                        product = gr.Textbox(label="Product id", placeholder="SKU123", scale=2)
-                        product_exact = gr.Checkbox(label="exact", value=False, scale=1)
-                    min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Minimum similarity (0 = off)")
-                    top_k = gr.Slider(1, 100, value=24, step=1, label="Results")
-                    one_per_product = gr.Checkbox(label="One result per product (best crop)", value=False)
-                    group = gr.Textbox(label="Duplicate group id (from the Duplicates tab)", value="",
-                                       placeholder="dup-… or sim-…", elem_id="group-filter")
-            status = gr.Markdown(elem_id="status")
-            results = gr.Gallery(label="Results", columns=6, height="auto", allow_preview=False, elem_id="results")
-            with gr.Row():
-                with gr.Column(scale=2):
-                    detail_photo = gr.Image(label="Selected: full photo, box in red", interactive=False)
-                with gr.Column(scale=1):
-                    more_button = gr.Button("More like this", elem_id="more-like-this")
-                    detail = gr.JSON(label="Payload")
-            with gr.Accordion("Raw results (JSON)", open=False):
-                raw = gr.JSON(label="Hits")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Search", id="search"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        with gr.Tab("By text", id="by-text"):
+                            text = gr.Textbox(label="Describe the shoe", placeholder="white leather high-top sneaker",
+                                              elem_id="query-text")
+                            text_button = gr.Button("Search", variant="primary", elem_id="search-text-button")
+                        with gr.Tab("By photo", id="by-photo", elem_id="by-photo-tab"):
+                            photo = gr.Image(label="Query photo: upload, drop or paste", type="filepath",
+                                             sources=["upload", "clipboard"], elem_id="query-photo", height=260)
+                            detect_note = gr.Markdown(elem_id="detect-note")
+                            regions = gr.Gallery(label="Detected shoes: click the one to search with", columns=5,
+                                                 height=170, allow_preview=False, elem_id="query-regions",
+                                                 object_fit="contain")
+                            region = gr.Number(value=0, precision=0, visible=False)
+                            photo_button = gr.Button("Search with this photo", variant="primary",
+                                                     elem_id="search-photo-button")
+                    with gr.Column(scale=1):
+                        # A dropdown, not checkboxes: API callers may name factories added after start-up.
+                        factories = gr.Dropdown(label="Factories (crops indexed)",
+                                                choices=[], multiselect=True,
+                                                allow_custom_value=True, elem_id="factories")
+                        with gr.Row():
+                            product = gr.Textbox(label="Product id", placeholder="SKU123", scale=2,
+                                                 elem_id="product-filter")
+                            product_exact = gr.Checkbox(label="exact", value=False, scale=1)
+                        min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01,
+                                              label="Minimum similarity (0 = off)")
+                        top_k = gr.Slider(1, 100, value=24, step=1, label="Results", elem_id="top-k")
+                        one_per_product = gr.Checkbox(label="One result per product (best crop)", value=False,
+                                                      elem_id="one-per-product")
+                        group = gr.Textbox(label="Duplicate group id (from the Duplicates tab)", value="",
+                                           placeholder="dup-… or sim-…", elem_id="group-filter")
+                status = gr.Markdown(elem_id="status")
+                results = gr.Gallery(label="Results (click one for its details)", columns=4, height="auto",
+                                     allow_preview=False, elem_id="results", object_fit="contain")
+                with gr.Row(elem_id="detail"):
+                    with gr.Column(scale=3):
+                        detail_photo = gr.Image(label="Selected: the full photo, the crop boxed in red",
+                                                interactive=False, elem_id="detail-photo", height=420)
+                    with gr.Column(scale=2):
+                        detail = gr.Markdown("*Click a result to see its details here.*", elem_id="detail-card")
+                        more_button = gr.Button("More like this", elem_id="more-like-this")
+                with gr.Accordion("Raw results (JSON)", open=False):
+                    raw = gr.JSON(label="Hits", elem_id="raw-hits")
 
-        with gr.Tab("Duplicates"):
-            with gr.Row():
-                dup_threshold = gr.Slider(0.5, 1.0, value=0.95, step=0.005, label="Duplicate: cosine ≥")
-                sim_threshold = gr.Slider(0.5, 1.0, value=0.85, step=0.005, label="Similar: cosine ≥")
-            with gr.Row():
-                scope = gr.Radio(["all", "cross-factory", "within-factory"], value="all", label="Pairs")
-                level = gr.Radio(["crop", "product"], value="crop", label="Level")
-                linkage = gr.Radio(["single", "complete"], value="single",
-                                   label="Linkage (complete: no chaining)")
-            dup_factories = gr.Dropdown(label="Only these factories (empty: all)", choices=handlers.factory_choices(),
-                                        multiselect=True, allow_custom_value=True)
-            dup_button = gr.Button("Find duplicates", variant="primary", elem_id="find-duplicates")
-            dup_status = gr.Markdown(elem_id="duplicates-status")
-            with gr.Row():
-                with gr.Column(scale=2):
-                    group_list = gr.Gallery(label="Groups, largest first (click one)", columns=6, height=420,
-                                            allow_preview=False, elem_id="groups")
-                    group_view = gr.Gallery(label="Members of the selected group", columns=6, height=300,
-                                            allow_preview=False, elem_id="group-members")
-                    group_search = gr.Button("Search within this group")
-                with gr.Column(scale=1):
-                    heatmap = gr.Image(label="Factory × factory: shared groups", interactive=False)
-                    reports = gr.File(label="Report (JSON, CSV)", file_count="multiple", interactive=False)
-            groups_state = gr.State([])
-            selected_group = gr.State("")
+            with gr.Tab("Duplicates", id="duplicates") as duplicates_tab:
+                with gr.Row():
+                    dup_threshold = gr.Slider(0.5, 1.0, value=0.95, step=0.005, label="Duplicate: cosine ≥")
+                    sim_threshold = gr.Slider(0.5, 1.0, value=0.85, step=0.005, label="Similar: cosine ≥")
+                with gr.Row():
+                    scope = gr.Radio(["all", "cross-factory", "within-factory"], value="all", label="Pairs")
+                    level = gr.Radio(["crop", "product"], value="crop", label="Level")
+                    linkage = gr.Radio(["single", "complete"], value="single",
+                                       label="Linkage (complete: no chaining)")
+                dup_factories = gr.Dropdown(label="Only these factories (empty: all)",
+                                            choices=[], multiselect=True,
+                                            allow_custom_value=True, elem_id="dup-factories")
+                dup_button = gr.Button("Find duplicates", variant="primary", elem_id="find-duplicates")
+                dup_status = gr.Markdown(elem_id="duplicates-status")
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        group_list = gr.Gallery(label="Groups, largest first (click one)", columns=5, height=420,
+                                                allow_preview=False, elem_id="groups")
+                        group_view = gr.Gallery(label="Members of the selected group (factory · product · "
+                                                      "similarity to the representative)",
+                                                columns=5, height=320, allow_preview=False, elem_id="group-members")
+                        group_search = gr.Button("Search within this group", elem_id="search-group")
+                    with gr.Column(scale=1):
+                        gr.Markdown("**Factories sharing groups**")
+                        heatmap = gr.Image(show_label=False, interactive=False, elem_id="heatmap")
+                        reports = gr.File(label="Report (JSON, CSV)", file_count="multiple", interactive=False)
+                groups_state = gr.State([])
+                selected_group = gr.State("")
 
-        with gr.Tab("Catalogue"):
-            overview = gr.Markdown()
-            gr.Markdown("### Add photos\nPhotos (or a .zip with product folders) for one factory; "
-                        "they are stored under DATA_DIR/uploads and indexed.")
-            upload_factory = gr.Textbox(label="Factory", placeholder="factory_a")
-            uploads = gr.File(label="Photos or .zip", file_count="multiple",
-                              file_types=[".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".zip"])
-            upload_button = gr.Button("Add to the index", variant="primary")
-            upload_report = gr.Markdown()
+            with gr.Tab("Catalogue", id="catalogue") as catalogue_tab:
+                overview = gr.Markdown(elem_id="catalogue-overview")
+                gr.Markdown("### Add photos\nPhotos, or a .zip with one folder per product (`zip -r acme.zip acme/` "
+                            "works), for one factory; they are stored under DATA_DIR/uploads and indexed.")
+                upload_factory = gr.Textbox(label="Factory", placeholder="factory_a", elem_id="upload-factory")
+                uploads = gr.File(label="Photos or .zip", file_count="multiple", elem_id="uploads",
+                                  file_types=[".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+                                              ".zip"])
+                upload_button = gr.Button("Add to the index", variant="primary", elem_id="upload-button")
+                upload_report = gr.Markdown(elem_id="upload-report")
 
         filters = [factories, product, product_exact, min_score, top_k, one_per_product, group]
         shown = [results, hits_state, status, raw]
 
         def refresh_filters():
-            return gr.Dropdown(choices=handlers.factory_choices()), handlers.catalogue_markdown()
+            choices = handlers.factory_choices()
+            return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices), handlers.catalogue_markdown()
 
-        demo.load(refresh_filters, outputs=[factories, overview], api_name="factories")
+        refreshed = [factories, dup_factories, overview]
+        # The page's initial config holds nothing of the index (a login page embeds it): factory
+        # names and counts arrive with this first event, which needs the login.
+        demo.load(refresh_filters, outputs=refreshed, api_visibility="private")
+        # Factories added from the CLI or another tab show up when a tab is opened, no restart needed.
+        for tab in (duplicates_tab, catalogue_tab):
+            tab.select(refresh_filters, outputs=refreshed, api_visibility="private")
 
-        def by_text(q, *f):
-            return outputs_of(handlers.search_text(q, *f))
+        def list_factories():
+            """The indexed factories with their crop counts.
 
-        text_button.click(by_text, [text, *filters], shown, api_name="search_text")
-        text.submit(by_text, [text, *filters], shown, api_visibility="private")
+            Returns:
+                A list of [label, factory] pairs, e.g. ["factory_a (18)", "factory_a"].
+            """
+            return [list(choice) for choice in handlers.factory_choices()]
 
-        def on_photo(image):
-            items, note = handlers.detect(image)
+        gr.Button(visible=False).click(list_factories, None, gr.JSON(visible=False), api_name="factories")
+
+        def search_text(query: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
+                        min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = ""):
+            """Search by words ("white leather high-top sneaker").
+
+            Args:
+                query: what the shoe looks like, in words
+                factories: only these factories (empty: all)
+                product: product id filter ("" = none); a substring unless exact
+                exact: the product id must equal `product`
+                min_score: leave out results below this cosine similarity (0 = off)
+                top_k: how many results (1-200)
+                one_per_product: keep only the best crop of each product
+                group: only crops of this duplicate group id ("" = none)
+            Returns:
+                gallery (thumbnail, caption), status line, hits (point_id, score, payload)
+            """
+            return outputs_of(handlers.search_text(query, factories, product, exact, min_score, top_k,
+                                                   one_per_product, group))
+
+        text_button.click(search_text, [text, *filters], shown, api_name="search_text")
+        text.submit(search_text, [text, *filters], shown, api_visibility="private")
+
+        def on_photo(photo):
+            items, note = handlers.detect(upload_path(photo, max_upload))
             return items, note, 0
 
-        photo.upload(on_photo, [photo], [regions, detect_note, region], api_visibility="private")
+        def search_image(photo, region: int = 0, factories: list[str] | None = None, product: str = "",
+                         exact: bool = False, min_score: float = 0.0, top_k: int = 24,
+                         one_per_product: bool = False, group: str = ""):
+            """Search by a photo: a detected shoe in it, or the whole photo.
+
+            Args:
+                photo: the query photo (gradio_client: handle_file(path or URL))
+                region: 0 = the most confident detected shoe, 1 = the next, ..., -1 = the whole photo
+                factories: only these factories (empty: all)
+                product: product id filter ("" = none); a substring unless exact
+                exact: the product id must equal `product`
+                min_score: leave out results below this cosine similarity (0 = off)
+                top_k: how many results (1-200)
+                one_per_product: keep only the best crop of each product
+                group: only crops of this duplicate group id ("" = none)
+            Returns:
+                gallery (thumbnail, caption), status line, hits (point_id, score, payload)
+            """
+            return outputs_of(handlers.search_image(upload_path(photo, max_upload), region, factories, product,
+                                                    exact, min_score, top_k, one_per_product, group))
+
+        photo_inputs = [photo, region, *filters]
+        # Upload -> detected shoes shown -> search at once with the best one; a click on another
+        # detected shoe searches with that one.
+        photo.upload(on_photo, [photo], [regions, detect_note, region], api_visibility="private",
+                     preprocess=False).then(search_image, photo_inputs, shown, api_visibility="private",
+                                            preprocess=False)
+        photo.clear(lambda: ([], "", 0), None, [regions, detect_note, region], api_visibility="private")
 
         def pick_region(evt: gr.SelectData):
             return evt.index
 
-        regions.select(pick_region, None, region, api_visibility="private")
-
-        def by_photo(image, index, *f):
-            return outputs_of(handlers.search_image(image, index, *f))
-
-        photo_button.click(by_photo, [photo, region, *filters], shown, api_name="search_image")
+        regions.select(pick_region, None, region, api_visibility="private").then(
+            search_image, photo_inputs, shown, api_visibility="private", preprocess=False)
+        photo_button.click(search_image, photo_inputs, shown, api_name="search_image", preprocess=False)
 
         def select_hit(hits, evt: gr.SelectData):
             return handlers.hit_detail(hits, evt.index)
 
-        results.select(select_hit, [hits_state], [detail_photo, detail, selected_id], api_visibility="private")
+        results.select(select_hit, [hits_state], [detail_photo, detail, selected_id], api_visibility="private",
+                       js=SCROLL_TO_DETAIL)
 
-        def more(point_id, *f):
-            return outputs_of(handlers.more_like_this(point_id, *f))
+        def more_like_this(point_id: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
+                           min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = ""):
+            """Crops most like an indexed crop (by its point id), the crop itself left out.
 
-        more_button.click(more, [selected_id, *filters], shown, api_visibility="private")
+            Args:
+                point_id: an indexed crop's id (a hit's point_id)
+                factories: only these factories (empty: all)
+                product: product id filter ("" = none); a substring unless exact
+                exact: the product id must equal `product`
+                min_score: leave out results below this cosine similarity (0 = off)
+                top_k: how many results (1-200)
+                one_per_product: keep only the best crop of each product
+                group: only crops of this duplicate group id ("" = none)
+            Returns:
+                gallery (thumbnail, caption), status line, hits (point_id, score, payload)
+            """
+            return outputs_of(handlers.more_like_this(point_id, factories, product, exact, min_score, top_k,
+                                                      one_per_product, group))
+
+        more_button.click(more_like_this, [selected_id, *filters], shown, api_visibility="private")
         # The same action by point id, for scripts.
-        more_api_id = gr.Textbox(visible=False)
-        more_api_button = gr.Button(visible=False)
-        more_api_button.click(more, [more_api_id, *filters], shown, api_name="more_like_this")
+        more_api_id = gr.Textbox(visible=False, label="point_id")
+        gr.Button(visible=False).click(more_like_this, [more_api_id, *filters], shown, api_name="more_like_this")
 
         def find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_, progress=gr.Progress()):
             found = handlers.find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_,
@@ -187,44 +295,109 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             return handlers.group_members(groups, evt.index)
 
         group_list.select(pick_group, [groups_state], [group_view, selected_group], api_visibility="private")
-        group_search.click(lambda group_id: group_id, [selected_group], [group], api_visibility="private")
+
+        def search_group(groups, group_id):
+            found = handlers.search_group(groups, group_id)
+            if not found.hits:  # nothing picked: stay on this tab, say why
+                return gr.Tabs(), gr.Textbox(), *outputs_of(found)
+            return gr.Tabs(selected="search"), group_id, *outputs_of(found)
+
+        group_search.click(search_group, [groups_state, selected_group], [tabs, group, *shown],
+                           api_visibility="private")
 
         def add(files, factory, progress=gr.Progress()):
             report = handlers.add_photos(files, factory, progress=lambda done, total: progress((done, total)))
-            choices, overview_text = refresh_filters()
-            return report, choices, overview_text
+            return report, *refresh_filters()
 
-        upload_button.click(add, [uploads, upload_factory], [upload_report, factories, overview],
+        upload_button.click(add, [uploads, upload_factory], [upload_report, *refreshed],
                             api_visibility="private", concurrency_limit=1)
     return demo
 
 
 def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
-    """Open the store and the models once; every request shares them."""
+    """Open the store and the models once; every request shares them.
+
+    Refuses (SchemaMismatch) a collection made by another CLIP model, as the CLI does, instead of
+    starting and failing every search.
+    """
     from core.search_service import SearchService
+    from core.store import check_model
     from core.wiring import ingest_service, open_head_index, open_store
     from search_ui.handlers import Handlers
 
     store = open_store(settings)
-    head = open_head_index(settings, store)
-    ingest = ingest_service(settings, store, head)
-    search = SearchService(store, ingest.embedder, ingest.detector, crop_margin=settings.crop_margin, head_index=head,
-                           background_remover=ingest.background_remover)
-    if preload:  # both models at once: start-up is mostly loading them
-        from concurrent.futures import ThreadPoolExecutor
+    try:
+        head = open_head_index(settings, store)
+        ingest = ingest_service(settings, store, head)
+        search = SearchService(store, ingest.embedder, ingest.detector, crop_margin=settings.crop_margin,
+                               head_index=head, background_remover=ingest.background_remover)
+        info = store.info()
+        if info is not None:  # before any model loads: a mismatch is known from the names
+            check_model(info, store.collection, store.location, ingest.embedder.model_id, None)
+        if preload:  # both models at once: start-up is mostly loading them
+            from concurrent.futures import ThreadPoolExecutor
 
-        loaders = [ingest.embedder.load] + [part.load for part in (ingest.detector, ingest.background_remover)
-                                            if hasattr(part, "load")]
-        with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
-            for future in [pool.submit(load) for load in loaders]:
-                future.result()
+            loaders = [ingest.embedder.load] + [part.load for part in (ingest.detector, ingest.background_remover)
+                                                if hasattr(part, "load")]
+            with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
+                for future in [pool.submit(load) for load in loaders]:
+                    future.result()
+            if info is not None:
+                check_model(info, store.collection, store.location, ingest.embedder.model_id,
+                            ingest.embedder.dimension)
+    except BaseException:
+        store.close()
+        raise
     return Handlers(settings, store, search, ingest)
+
+
+class LoginThrottle:
+    """Gradio's login check with a back-off: after a failed attempt the next answer waits.
+
+    Each failure doubles the wait (from `base` seconds up to `cap`) for everyone, so a password
+    cannot be guessed at request speed; a success resets it.
+    """
+
+    def __init__(self, username: str, password: str, base: float = 0.5, cap: float = 8.0) -> None:
+        import hmac
+
+        self._compare = hmac.compare_digest
+        self.username, self.password = username, password
+        self.base, self.cap = base, cap
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def delay(self) -> float:
+        return 0.0 if self.failures == 0 else min(self.cap, self.base * 2 ** (self.failures - 1))
+
+    def __call__(self, username: str, password: str) -> bool:
+        with self._lock:
+            wait = self.delay()
+        if wait:
+            time.sleep(wait)
+        ok = self._compare(str(username).encode(), self.username.encode()) & \
+            self._compare(str(password).encode(), self.password.encode())
+        with self._lock:
+            self.failures = 0 if ok else self.failures + 1
+        if not ok:
+            log.warning("failed login for %r (%d in a row)", str(username)[:64], self.failures)
+        return bool(ok)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
     """Serve the app on UI_HOST:UI_PORT with the configured login and upload limit."""
     demo = build_app(handlers)
-    auth = (settings.ui_username, settings.ui_password) if settings.ui_username and settings.ui_password else None
+    auth = LoginThrottle(settings.ui_username, settings.ui_password) \
+        if settings.ui_username and settings.ui_password else None
     if settings.ui_host not in {"127.0.0.1", "localhost", "::1"} and auth is None:
         log.warning("search UI bound to %s without a login: anyone on the network can use it. "
                     "Set UI_USERNAME and UI_PASSWORD.", settings.ui_host)
@@ -235,10 +408,17 @@ def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
         auth=auth,
         max_file_size=f"{settings.ui_max_upload_mb}mb",
         allowed_paths=[str(settings.thumbnails_dir.resolve()), str((settings.data_dir / "reports").resolve())],
-        prevent_thread_lock=not block,
-        quiet=not block,
+        prevent_thread_lock=True,
+        quiet=True,  # no "set share=True" hint: this app is served from your machine, not shared links
         footer_links=["api"],
+        css=CSS,
     )
+    if block:
+        print(f"search-ui: serving on http://{settings.ui_host}:{settings.ui_port} (Ctrl+C to stop)", flush=True)
+        try:
+            demo.block_thread()
+        except KeyboardInterrupt:
+            pass
     return demo
 
 
@@ -248,7 +428,13 @@ def main() -> None:
     from core.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings()
+    if port_in_use(settings.ui_host, settings.ui_port):  # before minutes of model loading
+        print(f"error: UI_PORT {settings.ui_port} on {settings.ui_host} is already in use (another search-ui?): "
+              f"stop that program or set UI_PORT to a free port.", file=sys.stderr)
+        sys.exit(1)
     try:
         handlers = create_handlers(settings)
     except ShoeSearchError as exc:
@@ -256,6 +442,10 @@ def main() -> None:
         sys.exit(1)
     try:
         launch(settings, handlers)
+    except OSError as exc:  # the port was taken while the models loaded
+        print(f"error: cannot serve on {settings.ui_host}:{settings.ui_port} (UI_PORT): {exc.strerror or exc}",
+              file=sys.stderr)
+        sys.exit(1)
     finally:
         handlers.store.close()
         if handlers.search.head_index is not None:

@@ -207,9 +207,9 @@ class Handlers:
         except (BadImage, ShoeSearchError) as exc:
             return [], f"⚠️ That photo cannot be used: {exc}"
         found = len(crops) - 1
-        note = (f"{found} shoe(s) detected: pick one below (the first is used by default)." if found
-                else "No shoe detected: the whole photo is used.")
-        return [(c.image, c.label) for c in crops], note
+        note = (f"{found} shoe(s) detected: the first is searched; click another to search with it." if found
+                else "No shoe detected: the whole photo is searched.")
+        return [(c.image, _region_label(k, crops)) for k, c in enumerate(crops)], note
 
     def search_image(self, image: Image.Image | str | None, region: int = 0, factories: Sequence[str] | None = None,
                      product: str = "", product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
@@ -222,11 +222,12 @@ class Handlers:
         except (BadImage, ShoeSearchError) as exc:
             return Results([], [], f"⚠️ That photo cannot be used: {exc}")
         region = int(region) if region is not None else 0
-        crop = crops[region] if -len(crops) <= region < len(crops) else crops[0]
+        index = region % len(crops) if -len(crops) <= region < len(crops) else 0
+        crop = crops[index]
         where = self._where(factories, product, product_exact, group)
         return self._results(
             lambda k: self.search.search_image(crop.image, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, f"the photo ({crop.label})")
+            top_k, one_per_product, f"the photo ({_region_label(index, crops)})")
 
     def more_like_this(self, point_id: str | None, factories: Sequence[str] | None = None, product: str = "",
                        product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
@@ -236,14 +237,25 @@ class Handlers:
         where = self._where(factories, product, product_exact, group)
         return self._results(
             lambda k: self.search.more_like_this(point_id, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, "more like the selected crop")
+            top_k, one_per_product, "more like the selected crop (the crop itself left out)")
+
+    def search_group(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None) -> Results:
+        """Every crop of one duplicate group, the representative first, then by similarity to it."""
+        group = next((g for g in groups or [] if g["id"] == group_id), None)
+        if group is None:
+            return Results([], [], "⚠️ Pick a group first (Duplicates tab: run, then click a group).")
+        representative = group["members"][0]["point_id"]
+        where = {group_payload_key(group["id"]): [group["id"]]}
+        return self._results(
+            lambda k: self.search.more_like_this(representative, where=where, top_k=k, include_self=True),
+            max(group["size"], 1), False, f"duplicate group {_md_escape(group['id'])}")
 
     # ------------------------------------------------------------------ result detail
 
-    def hit_detail(self, hits: Sequence[HitRecord] | None, index: int | None) -> tuple[Image.Image | None, dict, str]:
-        """The selected hit's full photo with its box drawn, its payload, and its point id."""
+    def hit_detail(self, hits: Sequence[HitRecord] | None, index: int | None) -> tuple[Image.Image | None, str, str]:
+        """The selected hit's full photo with its box drawn, a readable card, and its point id."""
         if not hits or index is None or not 0 <= int(index) < len(hits):
-            return None, {}, ""
+            return None, "", ""
         hit = hits[int(index)]
         payload = dict(hit["payload"])
         try:
@@ -257,7 +269,11 @@ class Handlers:
             draw = ImageDraw.Draw(photo)
             width = max(2, round(max(photo.size) / 200))
             draw.rectangle(payload["box"], outline=(255, 30, 30), width=width)
-        return photo, {"point_id": hit["point_id"], "score": hit["score"], **payload}, hit["point_id"]
+        try:
+            file_bytes = Path(payload["photo_path"]).stat().st_size
+        except (OSError, KeyError):
+            file_bytes = None
+        return photo, detail_card(hit, file_bytes), hit["point_id"]
 
     def _thumbnail_path(self, payload: dict[str, Any]) -> str | None:
         """The crop thumbnail, only if it really lies under DATA_DIR (no path tricks)."""
@@ -315,7 +331,9 @@ class Handlers:
         gallery = [(self._member_thumbnail(g["members"][0]), f"{g['id']} · {g['size']} · {', '.join(g['factories'])[:40]}")
                    for g in groups]
         tier = "similar" if summary["tiers"]["similar"]["groups"] else "duplicate"
-        heatmap = overlap_heatmap(summary["tiers"][tier]["factory_overlap"], f"{tier} groups shared by two factories")
+        heatmap = overlap_heatmap(summary["tiers"][tier]["factory_overlap"],
+                                  f"{tier.capitalize()} groups per factory pair\n"
+                                  "cell = groups holding both factories; diagonal = groups holding that factory")
         return Duplicates("\n".join(lines), heatmap, gallery, groups, [str(f) for f in files if f.suffix in {".json", ".csv"}])
 
     def group_members(self, groups: Sequence[dict[str, Any]] | None, index: int | None) -> tuple[list[GalleryItem], str]:
@@ -323,8 +341,8 @@ class Handlers:
         if not groups or index is None or not 0 <= int(index) < len(groups):
             return [], ""
         group = groups[int(index)]
-        items = [(self._member_thumbnail(m), ("representative · " if k == 0 else f"{m['similarity']:.3f} · ")
-                  + f"{m['factory']} · {m['product_id']}") for k, m in enumerate(group["members"])]
+        items = [(self._member_thumbnail(m), f"{m['factory']} · {m['product_id']} · "
+                  + ("representative" if k == 0 else f"{m['similarity']:.3f}")) for k, m in enumerate(group["members"])]
         return items, group["id"]
 
     def _member_thumbnail(self, member: dict[str, Any]) -> str:
@@ -367,6 +385,64 @@ class Handlers:
         lines += [f"- skipped {_md_escape(Path(f.path).name)}: {_md_escape(f.error)}" for f in report.photos_failed]
         lines += [f"- skipped {_md_escape(r)}" for r in rejected]
         return "\n".join(lines)
+
+
+DETAIL_FIELDS = (  # (label, payload key) shown on a result's card, in this order
+    ("Factory", "factory"), ("Product", "product_id"), ("Photo", "photo_path"), ("Photo size", None),
+    ("Crop box", "box"), ("Detected as", None), ("Indexed", "ingested_at"), ("Photo sha256", "photo_sha256"),
+)
+_CARD_HIDDEN = {"factory", "product_id", "photo_path", "photo_width", "photo_height", "box", "detector_class",
+                "detector_confidence", "ingested_at", "photo_sha256", "crop_path", "crop_index", "width", "height",
+                "model", "background"}
+
+
+def detail_card(hit: HitRecord, file_bytes: int | None = None) -> str:
+    """A result as a person reads it: a small table, not a JSON dump (values escaped)."""
+    payload = hit["payload"]
+    values: dict[str, str] = {}
+    for label, key in DETAIL_FIELDS:
+        if label == "Photo size":
+            w, h = payload.get("photo_width"), payload.get("photo_height")
+            values[label] = (f"{w} × {h} px" if w and h else "-") + (
+                f", {file_bytes / 1024:,.0f} KB on disk" if file_bytes is not None else ", file not found")
+        elif label == "Detected as":
+            cls, conf = payload.get("detector_class"), payload.get("detector_confidence")
+            values[label] = f"{cls} ({conf:.2f})" if cls and conf is not None else "whole photo (no shoe detected)"
+        elif key == "box":
+            box = payload.get("box")
+            values[label] = f"{box[0]}, {box[1]} → {box[2]}, {box[3]}" if box else "whole photo"
+        elif key == "ingested_at":
+            values[label] = _readable_date(payload.get(key))
+        else:
+            values[label] = str(payload.get(key) or "-")
+    extras = {k: v for k, v in payload.items() if k not in _CARD_HIDDEN and not k.startswith("group_")}
+    groups = [f"{v}" for k, v in sorted(payload.items()) if k.startswith("group_") and v]
+    lines = [f"### {_md_escape(values['Factory'])} · {_md_escape(values['Product'])}",
+             f"**Similarity {float(hit['score']):.3f}**", "", "| | |", "|---|---|"]
+    lines += [f"| {label} | {_md_escape(values[label])} |" for label, _ in DETAIL_FIELDS[2:]]
+    lines += [f"| {_md_escape(k)} | {_md_escape(str(v))} |" for k, v in sorted(extras.items())]
+    if groups:
+        lines.append(f"| Duplicate groups | {_md_escape(', '.join(groups))} |")
+    lines.append(f"| Crop id | {_md_escape(hit['point_id'])} |")
+    return "\n".join(lines)
+
+
+def _readable_date(value: Any) -> str:
+    if not value:
+        return "-"
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _region_label(index: int, crops: Sequence[Any]) -> str:
+    """'shoe 2 of 3 · Footwear 0.91' for a detected shoe, 'whole photo' for the last region."""
+    crop = crops[index]
+    if crop.detection is None:
+        return "whole photo"
+    return f"shoe {index + 1} of {len(crops) - 1} · {crop.label}"
 
 
 def _min_score(value: float | None) -> float | None:

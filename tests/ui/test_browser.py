@@ -1,65 +1,362 @@
-"""One real-browser test: Playwright driving Debian's chromium against the launched app."""
+"""Every UI flow as a person uses it: Playwright driving Debian's chromium against the launched app.
+
+Each test opens the page through `page_of`, which fails the test when any request fails (a
+missing component bundle is a 404) or the console shows an error, and saves a screenshot.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
+import base64
+import re
+import zipfile
 
 import pytest
+from PIL import Image
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# CI sets REQUIRE_BROWSER=1: there a missing chromium is a failure, not a skip.
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("REQUIRE_BROWSER"),
-                                reason="chromium is not installed (apt-get install chromium; CI installs it)")
+from core.catalogue import discover
+from tests.conftest import two_shoes_photo
+from tests.ui.conftest import needs_browser
+
+pytestmark = needs_browser
+WAIT = 30_000
 
 
-def test_text_search_with_factory_filter_in_a_browser(served, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def expect():
+    from playwright.sync_api import expect as expect_
 
-    assert CHROMIUM, "REQUIRE_BROWSER is set but no chromium is installed"
+    return expect_
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(served)
-            page.locator("#query-text textarea").fill("red leather boot")
-            page.locator("#search-text-button").click()
-            expect(page.locator("#status")).to_contain_text("24 results for “red leather boot”", timeout=30_000)
-            captions = page.locator("#results .caption-label")
-            expect(captions).to_have_count(24)
-            unfiltered = {c.split(" · ")[0] for c in captions.all_inner_texts()}
-            assert len(unfiltered) >= 2 and unfiltered <= {"factory_a", "factory_b", "factory_c"}
 
-            page.locator("#factories input").click()
-            page.keyboard.type("factory_b")
-            page.keyboard.press("Enter")
-            page.keyboard.press("Escape")
-            page.locator("#search-text-button").click()
-            expect(page.locator("#status")).to_contain_text("results for “red leather boot”", timeout=30_000)
-            expect(captions.first).to_contain_text("factory_b · ")
-            texts = captions.all_inner_texts()
-            assert texts and all(t.startswith("factory_b · ") for t in texts), texts
+def captions(page, gallery: str):
+    return page.locator(f"#{gallery} .caption-label")
 
-            captions.first.click()  # the result's detail: full photo and payload
-            expect(page.get_by_text('"factory": "factory_b"').first).to_be_visible(timeout=30_000)
-            shot = tmp_path / "search-ui.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
 
-            page.get_by_role("tab", name="Duplicates").click()
-            page.locator("#find-duplicates").click()
-            expect(page.locator("#duplicates-status")).to_contain_text("crops clustered", timeout=60_000)
-            groups = page.locator("#groups .caption-label")
-            expect(groups.first).to_contain_text("-", timeout=30_000)
-            assert all(t.split("-")[0] in {"dup", "sim", "idt"} for t in groups.all_inner_texts())
-            groups.first.click()
-            expect(page.locator("#group-members .caption-label").first).to_contain_text("representative")
-            page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
-            if os.environ.get("SCREENSHOT_DIR"):  # README screenshots: SCREENSHOT_DIR=docs pytest ...
-                shutil.copy(shot, os.path.join(os.environ["SCREENSHOT_DIR"], "search-ui.png"))
-                shutil.copy(tmp_path / "duplicates.png", os.path.join(os.environ["SCREENSHOT_DIR"], "duplicates.png"))
-        finally:
-            browser.close()
+def run_text_search(page, query: str) -> None:
+    page.locator("#query-text textarea").fill(query)
+    page.locator("#search-text-button").click()
+    expect()(page.locator("#status")).to_contain_text(f"for “{query}”", timeout=WAIT)
+
+
+def pick_factory(page, dropdown: str, name: str) -> None:
+    page.locator(f"#{dropdown} input").click()
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+
+
+def raw_hits(page) -> list[dict]:
+    """The hits behind the gallery, from the 'Raw results (JSON)' accordion."""
+    accordion = page.get_by_text("Raw results (JSON)")
+    if not page.locator("#raw-hits").is_visible():
+        accordion.click()
+    expect()(page.locator("#raw-hits")).to_be_visible()
+    ids = page.locator("#raw-hits").inner_text()
+    return re.findall(r'"point_id":\s*"([0-9a-f-]{36})"', ids) or re.findall(r"([0-9a-f]{8}-[0-9a-f-]{27})", ids)
+
+
+def assert_captions_not_cut(page, gallery: str) -> None:
+    cut = page.eval_on_selector_all(
+        f"#{gallery} .caption-label",
+        "els => els.filter(e => e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1)"
+        ".map(e => e.innerText)")
+    assert cut == [], f"captions cut off: {cut}"
+
+
+# --------------------------------------------------------------------------- search by photo
+
+
+def test_photo_search_upload_detect_pick_and_search(served, page_of, shot, tmp_path):
+    query = two_shoes_photo(tmp_path / "query.jpg")
+    page = page_of(served)
+    page.get_by_role("tab", name="By photo").click()
+    drop_zone = page.get_by_role("button", name="Drop an image file here to upload")
+    expect()(drop_zone).to_be_visible()
+    expect()(page.get_by_role("button", name="Paste from clipboard")).to_be_visible()
+
+    page.locator("#query-photo input[type=file]").set_input_files(str(query))
+    expect()(page.locator("#detect-note")).to_contain_text("2 shoe(s) detected", timeout=WAIT)
+    regions = captions(page, "query-regions")
+    expect()(regions).to_have_count(3)
+    assert regions.all_inner_texts() == ["shoe 1 of 2 · Footwear 0.90", "shoe 2 of 2 · Footwear 0.90", "whole photo"]
+    # The search runs at once with the first shoe.
+    expect()(page.locator("#status")).to_contain_text("24 results for the photo (shoe 1 of 2", timeout=WAIT)
+    expect()(captions(page, "results")).to_have_count(24)
+    first_run = raw_hits(page)
+
+    regions.nth(1).click()  # the other shoe
+    expect()(page.locator("#status")).to_contain_text("results for the photo (shoe 2 of 2", timeout=WAIT)
+    page.locator("#query-regions button").filter(has_text="whole photo").click()
+    expect()(page.locator("#status")).to_contain_text("results for the photo (whole photo)", timeout=WAIT)
+    assert raw_hits(page) != first_run
+    page.locator("#search-photo-button").click()  # the button searches with the region picked last
+    expect()(page.locator("#status")).to_contain_text("results for the photo (whole photo)", timeout=WAIT)
+    regions.nth(0).click()
+    expect()(page.locator("#status")).to_contain_text("results for the photo (shoe 1 of 2", timeout=WAIT)
+    shot(page, "photo-search")
+
+
+def test_an_indexed_photo_finds_itself_and_nothing_detected_uses_the_whole_photo(served, page_of, sample, tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (300, 200), (240, 240, 240)).save(plain)  # nothing to detect
+    page = page_of(served)
+    page.get_by_role("tab", name="By photo").click()
+    page.locator("#query-photo input[type=file]").set_input_files(str(plain))
+    expect()(page.locator("#detect-note")).to_contain_text("No shoe detected: the whole photo is searched",
+                                                           timeout=WAIT)
+    expect()(page.locator("#status")).to_contain_text("results for the photo (whole photo)", timeout=WAIT)
+
+    photo = sample.photos[5]
+    page.locator("#query-photo button[aria-label='Remove Image']").click()
+    expect()(page.locator("#detect-note")).to_have_text("", timeout=WAIT)
+    page.locator("#query-photo input[type=file]").set_input_files(str(photo.path))
+    expect()(page.locator("#status")).to_contain_text("results for the photo", timeout=WAIT)
+    expect()(captions(page, "results").first).to_contain_text(f"{photo.factory} · {photo.product_id} · 1.000")
+
+
+def test_photo_by_drop_and_by_paste(served, page_of, tmp_path):
+    query = two_shoes_photo(tmp_path / "dropped.png")
+    data = base64.b64encode(query.read_bytes()).decode()
+    page = page_of(served, permissions=("clipboard-read", "clipboard-write"))
+    page.get_by_role("tab", name="By photo").click()
+
+    # Drop: a real drop event carrying the file, on the drop zone.
+    transfer = page.evaluate_handle("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+        return dt; }""", data)
+    zone = page.get_by_role("button", name="Drop an image file here to upload")
+    zone.dispatch_event("dragenter", {"dataTransfer": transfer})
+    zone.dispatch_event("drop", {"dataTransfer": transfer})
+    expect()(page.locator("#detect-note")).to_contain_text("2 shoe(s) detected", timeout=WAIT)
+    expect()(page.locator("#status")).to_contain_text("results for the photo (shoe 1 of 2", timeout=WAIT)
+
+    # Paste: an image on the clipboard, then the component's paste button.
+    page.locator("#query-photo button[aria-label='Remove Image']").click()
+    expect()(page.locator("#detect-note")).to_have_text("", timeout=WAIT)
+    page.evaluate("""async (b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const blob = new Blob([bytes], {type: 'image/png'});
+        await navigator.clipboard.write([new ClipboardItem({'image/png': blob})]); }""", data)
+    page.get_by_role("button", name="Paste from clipboard").click()
+    expect()(page.locator("#detect-note")).to_contain_text("2 shoe(s) detected", timeout=WAIT)
+    expect()(page.locator("#status")).to_contain_text("results for the photo (shoe 1 of 2", timeout=WAIT)
+
+
+def test_broken_and_non_image_uploads_say_why_on_the_page(served, page_of, tmp_path, shot):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    text = tmp_path / "notes.png"
+    text.write_text("these are not pixels")
+    page = page_of(served)
+    page.get_by_role("tab", name="By photo").click()
+    for bad in (broken, text):
+        page.locator("#query-photo input[type=file]").set_input_files(str(bad))
+        expect()(page.locator("#detect-note")).to_contain_text("⚠️ That photo cannot be used", timeout=WAIT)
+        expect()(page.locator("#status")).to_contain_text("⚠️ That photo cannot be used", timeout=WAIT)
+        expect()(captions(page, "results")).to_have_count(0)
+        page.locator("#query-photo button[aria-label='Remove Image']").click()
+    shot(page, "photo-search-broken")
+
+
+def test_an_oversized_photo_is_refused_with_a_message(small_upload_app, page_of, tmp_path):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8" + b"0" * (2 * 1024 * 1024))
+    page = page_of(small_upload_app)
+    page.get_by_role("tab", name="By photo").click()
+    page.locator("#query-photo input[type=file]").set_input_files(str(big))
+    expect()(page.get_by_text(re.compile(r"exceed the maximum allowed size of 1\.0 Mb: \"big\.jpg\"")).first).to_be_visible(
+        timeout=WAIT)
+    expect()(captions(page, "results")).to_have_count(0)
+
+
+# --------------------------------------------------------------------------- search by text
+
+
+def test_text_search_filters_detail_card_and_more_like_this(served, page_of, shot):
+    page = page_of(served)
+    run_text_search(page, "red leather boot")
+    results = captions(page, "results")
+    expect()(results).to_have_count(24)
+    unfiltered = {c.split(" · ")[0] for c in results.all_inner_texts()}
+    assert len(unfiltered) >= 2 and unfiltered <= {"factory_a", "factory_b", "factory_c"}
+    assert_captions_not_cut(page, "results")
+
+    pick_factory(page, "factories", "factory_b")
+    page.locator("#search-text-button").click()
+    expect()(results.first).to_contain_text("factory_b · ", timeout=WAIT)
+    texts = results.all_inner_texts()
+    assert texts and all(t.startswith("factory_b · ") for t in texts), texts
+
+    page.locator("#product-filter textarea, #product-filter input").first.fill("B101")
+    page.locator("#search-text-button").click()
+    expect()(results.first).to_contain_text("factory_b · B101 · ", timeout=WAIT)
+    assert all(t.startswith("factory_b · B101 · ") for t in results.all_inner_texts())
+
+    results.first.click()  # the result's detail: a readable card and the photo with its box
+    card = page.locator("#detail-card")
+    expect()(card).to_contain_text("factory_b · B101", timeout=WAIT)
+    for label in ("Similarity", "Photo", "Photo size", "Crop box", "Indexed", "Crop id"):
+        expect()(card).to_contain_text(label)
+    assert "{" not in card.inner_text()  # not a JSON dump
+    expect()(page.locator("#detail-photo img")).to_be_visible()
+    assert page.eval_on_selector("#detail-photo img", "img => img.complete && img.naturalWidth > 0")
+    expect()(card).to_be_in_viewport()
+    shot(page, "search-detail", full_page=False)
+    selected = re.search(r"Crop id\s*([0-9a-f-]{36})", card.inner_text()).group(1)
+
+    page.locator("#product-filter textarea, #product-filter input").first.fill("")
+    page.locator("#more-like-this").click()
+    expect()(page.locator("#status")).to_contain_text("more like the selected crop (the crop itself left out)",
+                                                      timeout=WAIT)
+    hits = raw_hits(page)
+    assert hits and selected not in hits
+
+
+def test_one_result_per_product(served, page_of, shot):
+    page = page_of(served)
+    page.locator("#top-k input[type=number]").fill("30")
+    page.locator("#top-k input[type=number]").press("Enter")
+    run_text_search(page, "shoe")
+    every = captions(page, "results").all_inner_texts()
+    products = [tuple(c.split(" · ")[:2]) for c in every]
+    assert len(products) > len(set(products))  # several crops of one product without the option
+    page.locator("#one-per-product input").check()
+    page.locator("#search-text-button").click()
+    expect()(captions(page, "results")).to_have_count(12, timeout=WAIT)  # 3 factories x 4 products
+    products = [tuple(c.split(" · ")[:2]) for c in captions(page, "results").all_inner_texts()]
+    assert len(products) == len(set(products)) == 12
+    shot(page, "search-ui")
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+def test_duplicates_groups_members_heatmap_and_search_within_a_group(served, page_of, handlers, sample, shot):
+    page = page_of(served)
+    # A factory added while the page is open (as `ingest add` would) shows up without a reload.
+    handlers.ingest.add(list(discover(sample.factory_dir("factory_a"), factory="factory_d")), "factory_d")
+    page.get_by_role("tab", name="Duplicates").click()
+    page.locator("#dup-factories input").click()
+    expect()(page.get_by_role("option", name=re.compile(r"^factory_d \(\d+\)$"))).to_be_visible(timeout=WAIT)
+    page.keyboard.press("Escape")
+
+    page.locator("#find-duplicates").click()
+    expect()(page.locator("#duplicates-status")).to_contain_text("crops clustered", timeout=60_000)
+    groups = captions(page, "groups")
+    expect()(groups.first).to_contain_text("-", timeout=WAIT)
+    assert all(t.split("-")[0] in {"dup", "sim", "idt"} for t in groups.all_inner_texts())
+    heatmap = page.locator("#heatmap img")
+    expect()(heatmap).to_be_visible()
+    assert page.eval_on_selector("#heatmap img", "img => img.complete && img.naturalWidth > 200")
+    # Nothing is drawn over the heatmap's title: the component shows no floating label.
+    expect()(page.locator("#heatmap [data-testid='block-label']")).to_be_hidden()
+
+    groups.first.click()
+    members = captions(page, "group-members")
+    expect()(members.first).to_contain_text("representative", timeout=WAIT)
+    texts = members.all_inner_texts()
+    assert re.fullmatch(r"factory_[a-d] · [A-D]1\d\d · representative", texts[0]), texts
+    assert all(re.fullmatch(r"factory_[a-d] · [A-D]1\d\d · [01]\.\d{3}", t) for t in texts[1:]), texts
+    assert_captions_not_cut(page, "group-members")
+    group_id = groups.first.inner_text().split(" · ")[0]
+    shot(page, "duplicates")
+
+    page.locator("#search-group").click()
+    expect()(page.get_by_role("tab", name="Search", exact=True)).to_have_attribute("aria-selected", "true",
+                                                                                   timeout=WAIT)
+    expect()(page.locator("#status")).to_contain_text(f"{len(texts)} results for duplicate group {group_id}",
+                                                      timeout=WAIT)
+    expect()(captions(page, "results")).to_have_count(len(texts))
+    assert page.locator("#group-filter textarea, #group-filter input").first.input_value() == group_id
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+def _usual_zip(tmp_path, sample) -> tuple:
+    """`zip -r acme.zip acme/`: one top folder, a subfolder per product."""
+    archive = tmp_path / "acme.zip"
+    products = {}
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("acme/", "")
+        for k, photo in enumerate(sample.photos[:6]):
+            product = f"ACME-{k // 2}"
+            products.setdefault(product, 0)
+            products[product] += 1
+            zf.write(photo.path, f"acme/{product}/{k}{photo.path.suffix}")
+    return archive, products
+
+
+def test_catalogue_zip_upload_keeps_products_and_is_searchable(served, page_of, sample, tmp_path, shot, handlers):
+    archive, products = _usual_zip(tmp_path, sample)
+    page = page_of(served)
+    page.get_by_role("tab", name="Catalogue").click()
+    page.locator("#upload-factory textarea, #upload-factory input").first.fill("acme")
+    page.locator("#uploads input[type=file]").set_input_files(str(archive))
+    expect()(page.locator("#uploads")).to_contain_text("acme.zip", timeout=WAIT)
+    page.locator("#upload-button").click()
+    report = page.locator("#upload-report")
+    expect()(report).to_contain_text("6 photos added", timeout=60_000)
+    for product in products:
+        expect()(report).to_contain_text(product)
+    expect()(page.locator("#catalogue-overview")).to_contain_text("acme")
+    shot(page, "catalogue-upload")
+    uploads = handlers.settings.uploads_dir
+    assert not (uploads / "acme" / "acme").exists()  # the top folder was unwrapped
+
+    page.get_by_role("tab", name="Search", exact=True).click()
+    pick_factory(page, "factories", "acme")
+    run_text_search(page, "sneaker")
+    found = {c.split(" · ")[1] for c in captions(page, "results").all_inner_texts()}
+    assert found == set(products), found
+
+    # The same zip again: nothing added, no product renamed, no second copy on disk.
+    files_before = sorted(p.relative_to(uploads) for p in uploads.rglob("*") if p.is_file())
+    page.get_by_role("tab", name="Catalogue").click()
+    page.locator("#uploads input[type=file]").set_input_files(str(archive))
+    page.locator("#upload-button").click()
+    expect()(report).to_contain_text("0 photos added", timeout=60_000)
+    assert sorted(p.relative_to(uploads) for p in uploads.rglob("*") if p.is_file()) == files_before
+    assert {p.payload["product_id"] for p in handlers.store.scroll({"factory": ["acme"]})} == set(products)
+
+
+# --------------------------------------------------------------------------- login
+
+
+@pytest.fixture
+def login_app(ui_settings, handlers):
+    from search_ui.app import launch
+
+    settings = ui_settings.model_copy(update={"ui_username": "buyer", "ui_password": "s3cret-pass"})
+    demo = launch(settings, handlers, block=False)
+    yield f"http://127.0.0.1:{settings.ui_port}/"
+    demo.close()
+
+
+def test_login_form_first_then_the_app(login_app, page_of, shot):
+    page = page_of(login_app, allow=("401", "Unauthorized", "400 POST", "status of 400"))
+    expect()(page.get_by_role("button", name="Login")).to_be_visible(timeout=WAIT)
+    html = page.content()
+    assert not re.search(r"factory_[abc]", html)  # nothing of the index before login
+    page.get_by_label("username").fill("buyer")
+    page.get_by_label("password").fill("wrong")
+    page.get_by_role("button", name="Login").click()
+    expect()(page.get_by_text(re.compile("Incorrect Credentials", re.I))).to_be_visible(timeout=WAIT)
+    page.get_by_label("username").fill("buyer")
+    page.get_by_label("password").fill("s3cret-pass")
+    page.get_by_role("button", name="Login").click()
+    expect()(page.locator("#query-text textarea")).to_be_visible(timeout=WAIT)
+    run_text_search(page, "boot")
+    expect()(captions(page, "results")).to_have_count(24)
+    shot(page, "after-login", full_page=False)
+
+
+@pytest.fixture
+def small_upload_app(ui_settings, handlers):
+    from search_ui.app import launch
+
+    settings = ui_settings.model_copy(update={"ui_max_upload_mb": 1})
+    demo = launch(settings, handlers, block=False)
+    yield f"http://127.0.0.1:{settings.ui_port}/"
+    demo.close()
