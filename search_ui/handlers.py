@@ -399,5 +399,6 @@ def upload_markdown(result) -> str:
     lines += [f"- refused {_md_escape(r.name)}: {_md_escape(r.reason)}" for r in staged.refused]
     if staged.ignored:
         shown = ", ".join(_md_escape(n) for n in staged.ignored[:10]) + (", …" if len(staged.ignored) > 10 else "")
-        lines.append(f"- ignored {len(staged.ignored)} entries that are not photos (or hidden): {shown}")
+        count = len(staged.ignored)
+        lines.append(f"- ignored {count} {'entry' if count == 1 else 'entries'} that are not photos (or hidden): {shown}")
     return "\n".join(lines)
