@@ -461,6 +461,31 @@ def test_a_large_member_is_streamed_not_held_in_memory(uploads, tmp_path):
     assert peak < 8 * MIB, f"peak {peak / MIB:.1f} MiB while unpacking a 40 MiB member"
 
 
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 512 KiB tmpfs (a full disk for real); skipped where mounting is not allowed."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_refuses_what_does_not_fit_and_leaves_no_partial_file(tiny_disk, tmp_path):
+    archive = make_zip(tmp_path / "fat.zip", [(f"P{i}/x.bmp", os.urandom(200_000)) for i in range(3)],
+                       compression=zipfile.ZIP_STORED)
+    staged = stage_upload([archive], "acme", tiny_disk / "uploads")
+    assert [p.product_id for p in staged.photos] == ["P0", "P1"]
+    assert refusals(staged) == {"fat.zip: P2/x.bmp": "cannot write: No space left on device"}
+    assert sorted(tree(tiny_disk / "uploads")) == ["acme", "acme/P0", "acme/P0/x.bmp", "acme/P1", "acme/P1/x.bmp"]
+
+
 # --------------------------------------------------------------------------- with a real ingest
 
 
