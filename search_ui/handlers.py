@@ -7,17 +7,14 @@ core services do that). Errors a user can act on come back as a message, never a
 from __future__ import annotations
 
 import threading
-import uuid
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
-from core.catalogue import discover
 from core.errors import BadImage, ShoeSearchError
 from core.images import PHOTO_EXTENSIONS, load_photo
 from core.ingest_service import IngestService
@@ -352,39 +349,23 @@ class Handlers:
 
     def add_photos(self, files: Sequence[str] | None, factory: str,
                    progress: Callable[[int, int], None] | None = None) -> str:
-        """Copy uploaded photos (or zips of photos) under DATA_DIR/uploads/FACTORY and ingest them."""
-        factory = (factory or "").strip()
-        if not factory or factory in {".", ".."} or "/" in factory or "\\" in factory:
-            return "⚠️ Name the factory these photos come from (letters, digits, - and _; no slashes)."
+        """Stage uploaded photos (or zips of photos) under DATA_DIR/uploads/FACTORY and ingest them
+        (core.uploads does both); returns the report as Markdown."""
+        from core.uploads import UploadLimits, add_upload, check_factory_name
+
+        try:
+            factory = check_factory_name(factory)
+        except ShoeSearchError as exc:
+            return f"⚠️ {exc}"
         if not files:
             return "⚠️ Choose photos (or a .zip of photos) to upload."
-        target = self.settings.uploads_dir / factory
-        rejected: list[str] = []
-        for name in files:
-            source = Path(name)
-            if source.suffix.lower() == ".zip":
-                rejected += _extract_photos(source, target, self.settings.ui_max_upload_mb * 1024 * 1024)
-            elif source.suffix.lower() in PHOTO_EXTENSIONS:
-                target.mkdir(parents=True, exist_ok=True)
-                with open(source, "rb") as src:
-                    _save_upload(src, target / source.name)
-            else:
-                rejected.append(f"{source.name}: not a photo or .zip")
-        sources = list(discover(target, factory=factory))
-        with self._ingest_lock:
-            try:
-                report = self.ingest.add(sources, factory,
-                                         progress=(lambda done, _: progress(done, len(sources))) if progress else None)
-            except ShoeSearchError as exc:
-                return f"⚠️ {exc}"
-        lines = [
-            f"**{_md_escape(factory)}:** {report.photos_added} photos added ({report.crops_added} crops), "
-            f"{report.photos_unchanged} already indexed, {len(report.photos_failed)} failed "
-            f"in {report.seconds:.1f}s."
-        ]
-        lines += [f"- skipped {_md_escape(Path(f.path).name)}: {_md_escape(f.error)}" for f in report.photos_failed]
-        lines += [f"- skipped {_md_escape(r)}" for r in rejected]
-        return "\n".join(lines)
+        try:
+            result = add_upload([Path(f) for f in files], factory, self.settings.uploads_dir, self.ingest,
+                                limits=UploadLimits.for_upload_mb(self.settings.ui_max_upload_mb),
+                                lock=self._ingest_lock, progress=progress)
+        except ShoeSearchError as exc:
+            return f"⚠️ {exc}"
+        return upload_markdown(result)
 
 
 DETAIL_FIELDS = (  # (label, payload key) shown on a result's card, in this order
@@ -457,34 +438,43 @@ def _md_escape(text: str) -> str:
     return out
 
 
-def _save_upload(src, dest: Path) -> None:
-    """Write an uploaded file to `dest`; a different file of that name keeps its place."""
-    data = src.read()
-    if dest.exists():
-        if dest.read_bytes() == data:
-            return  # the same photo uploaded again
-        dest = dest.with_name(f"{dest.stem}-{uuid.uuid4().hex[:8]}{dest.suffix}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(data)
+def upload_markdown(result) -> str:
+    """An upload's report (core.uploads.UploadReport) as Markdown: what was added, what the
+    upload held, and every file or entry refused, skipped or ignored, by name."""
+    from core.catalogue import path_text
 
-
-def _extract_photos(archive: Path, target: Path, max_bytes: int) -> list[str]:
-    """Extract the photos of a zip under `target`, refusing unsafe member names and zip bombs."""
-    rejected = []
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            if sum(m.file_size for m in members) > max_bytes:
-                return [f"{archive.name}: unpacks to more than {max_bytes // (1024 * 1024)} MB"]
-            for member in members:
-                parts = PurePosixPath(member.filename.replace("\\", "/")).parts
-                if not parts or parts[0] == "/" or ".." in parts or any(p.startswith(".") for p in parts):
-                    rejected.append(f"{member.filename}: unsafe or hidden path in zip")
-                    continue
-                if PurePosixPath(member.filename).suffix.lower() not in PHOTO_EXTENSIONS:
-                    continue
-                with zf.open(member) as src:
-                    _save_upload(src, target.joinpath(*parts))
-    except zipfile.BadZipFile:
-        rejected.append(f"{archive.name}: not a valid zip file")
-    return rejected
+    staged, report = result.staged, result.ingest
+    factory = _md_escape(staged.factory)
+    if report is None:
+        lines = [f"⚠️ No photos found in the upload: nothing was added to **{factory}** "
+                 f"(photos are {' '.join(sorted(PHOTO_EXTENSIONS))} files, loose or in a .zip)."]
+    else:
+        lines = [f"**{factory}:** {report.photos_added} photos added ({report.crops_added} crops), "
+                 f"{report.photos_unchanged} already indexed, {report.photos_updated} re-labelled, "
+                 f"{len(report.photos_failed)} failed in {report.seconds:.1f}s."]
+        products = staged.products
+        shown = ", ".join(_md_escape(p) for p in products[:12]) + (", …" if len(products) > 12 else "")
+        lines.append(f"- found {len(staged.photos)} photos of {len(products)} products: {shown}")
+        for file in staged.files:
+            if file.name.lower().endswith(".zip") and file.photos:
+                unwrapped = f", top folder {_md_escape(file.unwrapped)}/ unwrapped" if file.unwrapped else ""
+                lines.append(f"- {_md_escape(file.name)}: {file.photos} photos of {len(file.products)} products{unwrapped}")
+        lines.append(f"- saved under uploads/{factory}: {staged.written} new files, "
+                     f"{len(staged.photos) - staged.written} already there")
+    for photo in staged.photos:
+        if photo.kept_beside:
+            lines.append(f"- kept both: {_md_escape(photo.name)} differs from the photo already saved as "
+                         f"{_md_escape(photo.kept_beside)}; saved beside it as {_md_escape(path_text(photo.path.name))}")
+    if report is not None:
+        names = {path_text(p.path): p.name for p in staged.photos}
+        removed = {path_text(p.path) for p in result.removed}
+        for failed in report.photos_failed:
+            gone = " (removed from uploads)" if failed.path in removed else ""
+            lines.append(f"- skipped {_md_escape(names.get(failed.path, Path(failed.path).name))}: "
+                         f"{_md_escape(failed.error)}{gone}")
+    lines += [f"- refused {_md_escape(r.name)}: {_md_escape(r.reason)}" for r in staged.refused]
+    if staged.ignored:
+        shown = ", ".join(_md_escape(n) for n in staged.ignored[:10]) + (", …" if len(staged.ignored) > 10 else "")
+        count = len(staged.ignored)
+        lines.append(f"- ignored {count} {'entry' if count == 1 else 'entries'} that are not photos (or hidden): {shown}")
+    return "\n".join(lines)

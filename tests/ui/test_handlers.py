@@ -129,18 +129,70 @@ def test_add_photos_from_files_and_zip(handlers, tmp_path):
         other = tmp_path / "z" / "front.jpg"
         other.parent.mkdir()
         Image.new("RGB", (300, 200), (30, 160, 60)).save(other)
-        zf.write(other, "P77/front.jpg")
+        zf.write(other, "batch/P77/front.jpg")  # the usual `zip -r batch.zip batch/`: top folder unwrapped
         zf.writestr("../escape.jpg", loose.read_bytes())
         zf.writestr("notes.txt", "ignored")
     report = handlers.add_photos([str(loose), str(archive)], "factory_new")
     assert report.startswith("**factory\\_new:** 2 photos added (3 crops)")
-    assert "../escape.jpg: unsafe or hidden path in zip" in report
+    assert "- refused batch.zip: ../escape.jpg: its path climbs out of the folder" in report
+    assert "- ignored 1 entry that are not photos (or hidden): batch.zip: notes.txt" in report
     assert not (handlers.settings.uploads_dir / "escape.jpg").exists()
+    assert not (handlers.settings.uploads_dir / "factory_new" / "batch").exists()
     assert {p.payload["product_id"] for p in handlers.store.scroll({"factory": ["factory_new"]})} == {"SKU9", "P77"}
     again = handlers.add_photos([str(loose)], "factory_new")  # same photo again: nothing new
     assert "0 photos added" in again and "already indexed" in again
     assert handlers.add_photos([str(loose)], "../x").startswith("⚠️ Name the factory")
     assert handlers.add_photos([], "f").startswith("⚠️ Choose photos")
+
+
+def test_add_photos_reports_what_the_zip_held_and_is_idempotent(handlers, tmp_path):
+    archive = tmp_path / "up" / "acme.zip"
+    archive.parent.mkdir(parents=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for k, name in enumerate(["acme/P1/a.jpg", "acme/P1/b.jpg", "acme/P2/c.jpg"]):
+            photo = two_shoes_photo(tmp_path / "src" / f"{k}.jpg")
+            with open(photo, "ab") as handle:
+                handle.write(bytes([k]))  # distinct bytes, distinct photos
+            zf.write(photo, name)
+        zf.writestr("acme/P2/broken.jpg", "not a photo")
+    report = handlers.add_photos([str(archive)], "acme")
+    lines = report.splitlines()
+    assert lines[0].startswith("**acme:** 3 photos added (6 crops), 0 already indexed, 0 re-labelled, 1 failed")
+    assert lines[1:4] == ["- found 4 photos of 2 products: P1, P2",
+                          "- acme.zip: 4 photos of 2 products, top folder acme/ unwrapped",
+                          "- saved under uploads/acme: 4 new files, 0 already there"]
+    assert lines[4].startswith("- skipped acme.zip: acme/P2/broken.jpg: not an image Pillow can read")
+    assert lines[4].endswith("(removed from uploads)")
+    uploads = handlers.settings.uploads_dir / "acme"
+    assert sorted(p.relative_to(uploads).as_posix() for p in uploads.rglob("*") if p.is_file()) == \
+        ["P1/a.jpg", "P1/b.jpg", "P2/c.jpg"]
+    products = {p.id: p.payload["product_id"] for p in handlers.store.scroll({"factory": ["acme"]})}
+    assert set(products.values()) == {"P1", "P2"}
+
+    again = handlers.add_photos([str(archive)], "acme")
+    assert again.startswith("**acme:** 0 photos added (0 crops), 3 already indexed, 0 re-labelled, 1 failed")
+    assert "- saved under uploads/acme: 1 new files, 3 already there" in again  # the broken one, removed again
+    assert {p.id: p.payload["product_id"] for p in handlers.store.scroll({"factory": ["acme"]})} == products
+
+
+def test_add_photos_without_photos_or_with_bad_names_says_so(handlers, tmp_path):
+    docs = tmp_path / "docs.zip"
+    with zipfile.ZipFile(docs, "w") as zf:
+        zf.writestr("notes.txt", "no photos here")
+    fake = tmp_path / "fake.zip"
+    fake.write_text("not a zip")
+    report = handlers.add_photos([str(docs), str(fake)], "brand_new")
+    assert report.splitlines() == [
+        "⚠️ No photos found in the upload: nothing was added to **brand\\_new** "
+        "(photos are .bmp .gif .jpeg .jpg .png .tif .tiff .webp files, loose or in a .zip).",
+        "- refused fake.zip: not a zip file, or a damaged one \\(its table of contents cannot be read\\)",
+        "- ignored 1 entry that are not photos (or hidden): docs.zip: notes.txt",
+    ]
+    assert "brand_new" not in handlers.store.facet("factory")
+    assert not (handlers.settings.uploads_dir / "brand_new").exists()
+    for bad in ("a\x00b", "..", ".hidden", "x" * 256, "a\\b"):
+        assert handlers.add_photos([str(docs)], bad).startswith("⚠️ Name the factory these photos come from")
+    assert not handlers.settings.uploads_dir.exists() or list(handlers.settings.uploads_dir.iterdir()) == []
 
 
 def test_catalogue_markdown_escapes_names(handlers, tmp_path):
