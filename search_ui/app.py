@@ -102,7 +102,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                                                 choices=[], multiselect=True,
                                                 allow_custom_value=True, elem_id="factories")
                         with gr.Row():
-                            product = gr.Textbox(label="Product id", placeholder="SKU123", scale=2,
+                            product = gr.Textbox(label="Product id", value="", placeholder="SKU123", scale=2,
                                                  elem_id="product-filter")
                             product_exact = gr.Checkbox(label="exact", value=False, scale=1)
                         min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01,
@@ -238,6 +238,9 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                                                     exact, min_score, top_k, one_per_product, group))
 
         photo_inputs = [photo, region, *filters]
+        # Public endpoints are registered before the private events that reuse their functions:
+        # Gradio names an event after its function, and a later public one would become /search_image_1.
+        photo_button.click(search_image, photo_inputs, shown, api_name="search_image", preprocess=False)
         # Upload -> detected shoes shown -> search at once with the best one; a click on another
         # detected shoe searches with that one.
         photo.upload(on_photo, [photo], [regions, detect_note, region], api_visibility="private",
@@ -250,7 +253,6 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
 
         regions.select(pick_region, None, region, api_visibility="private").then(
             search_image, photo_inputs, shown, api_visibility="private", preprocess=False)
-        photo_button.click(search_image, photo_inputs, shown, api_name="search_image", preprocess=False)
 
         def select_hit(hits, evt: gr.SelectData):
             return handlers.hit_detail(hits, evt.index)
@@ -277,10 +279,10 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             return outputs_of(handlers.more_like_this(point_id, factories, product, exact, min_score, top_k,
                                                       one_per_product, group))
 
-        more_button.click(more_like_this, [selected_id, *filters], shown, api_visibility="private")
-        # The same action by point id, for scripts.
+        # By point id, for scripts; the button below runs the same with the selected result.
         more_api_id = gr.Textbox(visible=False, label="point_id")
         gr.Button(visible=False).click(more_like_this, [more_api_id, *filters], shown, api_name="more_like_this")
+        more_button.click(more_like_this, [selected_id, *filters], shown, api_visibility="private")
 
         def find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_, progress=gr.Progress()):
             found = handlers.find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_,

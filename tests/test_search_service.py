@@ -44,11 +44,16 @@ def test_photo_search_finds_the_same_crop_first(indexed):
     assert hits[0].payload["photo_path"] == str(photo.path) and hits[0].score > 0.999
 
 
-def test_more_like_this_returns_the_point_itself_first(indexed):
+def test_more_like_this_leaves_the_point_out_unless_asked(indexed):
     _, store, search = indexed
     target = next(iter(store.scroll({"factory": ["factory_c"]})))
     hits = search.more_like_this(target.id, top_k=5)
-    assert hits[0].point_id == target.id and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert len(hits) == 5 and target.id not in {h.point_id for h in hits}
+    with_self = search.more_like_this(target.id, top_k=5, include_self=True)
+    assert with_self[0].point_id == target.id and with_self[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.point_id for h in with_self[1:]] == [h.point_id for h in hits[:4]]
+    with pytest.raises(ShoeSearchError, match="is not a crop id"):
+        search.more_like_this("1; DROP TABLE")
     only_a = search.more_like_this(target.id, where=build_where(["factory_a"]), top_k=5)
     assert {h.factory for h in only_a} == {"factory_a"}
     with pytest.raises(ShoeSearchError, match="No indexed crop"):

@@ -52,19 +52,21 @@ def test_product_filter_contains_and_exact(handlers):
 def test_min_score_filters_inside_the_query(handlers):
     target = handlers.search_text("shoe", [], top_k=1).hits[0]
     results = handlers.more_like_this(target["point_id"], [], min_score=0.99, top_k=100)
-    assert results.hits[0]["point_id"] == target["point_id"]
-    assert all(h["score"] >= 0.99 for h in results.hits)
+    assert results.hits and all(h["score"] >= 0.99 for h in results.hits)
+    everything = handlers.more_like_this(target["point_id"], [], top_k=100)
+    assert len(results.hits) < len(everything.hits)
 
 
 def test_photo_search_with_detected_regions(handlers, tmp_path):
     query = two_shoes_photo(tmp_path / "query.jpg")
     image = Image.open(query)
     regions, note = handlers.detect(image)
-    assert [label for _, label in regions] == ["Footwear 0.90", "Footwear 0.90", "whole photo"]
+    assert [label for _, label in regions] == ["shoe 1 of 2 · Footwear 0.90", "shoe 2 of 2 · Footwear 0.90",
+                                               "whole photo"]
     assert note.startswith("2 shoe(s) detected")
     whole = handlers.search_image(image, -1, [], top_k=3)
     first = handlers.search_image(image, 0, ["factory_c"], top_k=3)
-    assert whole.status.endswith("(whole photo)") and first.status.endswith("(Footwear 0.90)")
+    assert whole.status.endswith("(whole photo)") and first.status.endswith("(shoe 1 of 2 · Footwear 0.90)")
     assert {h["payload"]["factory"] for h in first.hits} == {"factory_c"}
 
 
@@ -101,18 +103,28 @@ def test_hit_detail_draws_the_box_on_the_full_photo(handlers, tmp_path):
     handlers.add_photos([str(photo)], "factory_d")
     results = handlers.search_text("x", ["factory_d"], top_k=5)
     index = next(i for i, h in enumerate(results.hits) if h["payload"]["crop_index"] == 0)
-    image, payload, point_id = handlers.hit_detail(results.hits, index)
-    assert point_id == results.hits[index]["point_id"] == payload["point_id"]
-    x1, y1, x2, y2 = payload["box"]
+    image, card, point_id = handlers.hit_detail(results.hits, index)
+    hit = results.hits[index]
+    assert point_id == hit["point_id"] and f"| Crop id | {point_id.replace('-', '-')} |" in card
+    x1, y1, x2, y2 = hit["payload"]["box"]
     assert image.size == (400, 200)
     assert np.asarray(image)[y1 + (y2 - y1) // 2, x1][0] > 200  # red outline on the box edge
-    assert handlers.hit_detail(results.hits, 99) == (None, {}, "")
+    # A card a person reads: factory and product as the title, then labelled rows, no JSON.
+    assert card.startswith("### factory\\_d · pair\n") and f"**Similarity {hit['score']:.3f}**" in card
+    assert f"| Photo size | 400 × 200 px, {photo.stat().st_size / 1024:,.0f} KB on disk |" in card
+    assert f"| Crop box | {x1}, {y1} → {x2}, {y2} |" in card and "| Detected as | Footwear \\(0.90\\) |" in card
+    assert "{" not in card
+    assert handlers.hit_detail(results.hits, 99) == (None, "", "")
 
 
-def test_more_like_this_returns_the_point_itself_first(handlers):
+def test_more_like_this_leaves_the_query_crop_out(handlers):
     target = handlers.search_text("sandal", ["factory_a"], top_k=1).hits[0]
     results = handlers.more_like_this(target["point_id"], [], top_k=5)
-    assert results.hits[0]["point_id"] == target["point_id"] and results.hits[0]["score"] > 0.999
+    assert len(results.hits) == 5 and target["point_id"] not in {h["point_id"] for h in results.hits}
+    assert results.status == "5 results for more like the selected crop (the crop itself left out)"
+    for bad in ("not-an-id", "' OR 1=1", "\x00", "9" * 5000):
+        assert handlers.more_like_this(bad).status.startswith("⚠️ ") and "is not a crop id" in \
+            handlers.more_like_this(bad).status
 
 
 def test_thumbnails_outside_data_dir_are_never_served(handlers, tmp_path):
@@ -217,7 +229,9 @@ def test_find_duplicates_lists_groups_heatmap_and_reports(handlers):
     assert all(Path(f).is_file() and Path(f).is_relative_to(handlers.data_dir / "reports") for f in found.files)
     members, group_id = handlers.group_members(found.groups, 0)
     assert group_id == found.groups[0]["id"] and len(members) == found.groups[0]["size"]
-    assert members[0][1].startswith("representative · ")
+    first = found.groups[0]["members"]
+    assert members[0][1] == f"{first[0]['factory']} · {first[0]['product_id']} · representative"
+    assert members[1][1] == f"{first[1]['factory']} · {first[1]['product_id']} · {first[1]['similarity']:.3f}"
 
 
 def test_search_filtered_by_group(handlers):
@@ -226,6 +240,16 @@ def test_search_filtered_by_group(handlers):
     members = {m["point_id"] for m in group["members"]}
     results = handlers.search_text("shoe", [], top_k=100, group=group["id"])
     assert {h["point_id"] for h in results.hits} == members
+
+
+def test_search_within_a_group_lists_its_members_representative_first(handlers):
+    found = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
+    group = next(g for g in found.groups if g["tier"] == "duplicate")
+    results = handlers.search_group(found.groups, group["id"])
+    assert [h["point_id"] for h in results.hits][0] == group["members"][0]["point_id"]
+    assert {h["point_id"] for h in results.hits} == {m["point_id"] for m in group["members"]}
+    assert results.status == f"{group['size']} results for duplicate group {group['id'].replace('-', '-')}"
+    assert handlers.search_group(found.groups, "dup-nonexistent").status.startswith("⚠️ Pick a group first")
 
 
 def test_find_duplicates_scope_and_bad_options(handlers):

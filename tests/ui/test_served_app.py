@@ -11,9 +11,30 @@ def client(served):
     return Client(served, verbose=False)
 
 
-def test_named_endpoints(client):
-    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) >= {
-        "/search_text", "/search_image", "/more_like_this", "/factories"}
+FILTERS = ["factories", "product", "exact", "min_score", "top_k", "one_per_product", "group"]
+
+
+def test_named_endpoints_with_meaningful_parameters(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) >= {"/search_text", "/search_image", "/more_like_this", "/factories"}
+
+    def names(endpoint):
+        return [p["parameter_name"] for p in endpoints[endpoint]["parameters"]]
+
+    assert names("/search_text") == ["query", *FILTERS]
+    assert names("/search_image") == ["photo", "region", *FILTERS]
+    assert names("/more_like_this") == ["point_id", *FILTERS]
+    assert names("/factories") == []
+    assert endpoints["/search_text"]["description"].startswith("Search by words")
+
+
+def test_keyword_call_as_the_readme_shows(client, handlers):
+    gallery, status, hits = client.predict(query="white leather high-top sneaker", factories=["factory_a"],
+                                           top_k=5, one_per_product=True, api_name="/search_text")
+    # factory_a has 4 products: one result each, though 5 were asked for.
+    assert len(hits) == 4 and {h["payload"]["factory"] for h in hits} == {"factory_a"}
+    assert len({h["payload"]["product_id"] for h in hits}) == 4
+    assert client.predict(api_name="/factories") == [list(c) for c in handlers.factory_choices()]
 
 
 def test_text_query_filtered_by_factory(client):
@@ -35,11 +56,11 @@ def test_image_query_finds_the_photo_itself(client, sample):
     assert {h["payload"]["factory"] for h in only_c} == {"factory_c"}
 
 
-def test_more_like_this_returns_the_point_first(client):
+def test_more_like_this_leaves_the_point_out(client):
     _, _, hits = client.predict("sandal", [], "", False, 0.0, 1, False, api_name="/search_text")
     _, status, similar = client.predict(hits[0]["point_id"], [], "", False, 0.0, 5, False, api_name="/more_like_this")
-    assert similar[0]["point_id"] == hits[0]["point_id"] and similar[0]["score"] > 0.999
-    assert status == "5 results for more like the selected crop"
+    assert len(similar) == 5 and hits[0]["point_id"] not in {h["point_id"] for h in similar}
+    assert status == "5 results for more like the selected crop (the crop itself left out)"
 
 
 def test_a_failed_request_leaves_the_app_serving(client, tmp_path):
