@@ -233,16 +233,22 @@ def check_known_factories(names: Sequence[str] | None, known: Collection[str], l
     hints = []
     for name in missing:
         close = [k for k in ordered if k.casefold() == name.casefold()]  # only the case differs: that one
-        if not close:
-            close = [k for k in difflib.get_close_matches(name, ordered, n=3, cutoff=0.6) if k not in close]
+        if not close:  # typos: the closest names (those about as close as the best), then longer names
+            scores = {k: difflib.SequenceMatcher(None, name.casefold(), k.casefold()).ratio() for k in ordered}
+            best = max(scores.values())
+            close = sorted((k for k, r in scores.items() if r >= max(0.6, best - 0.05)), key=lambda k: -scores[k])
             close += [k for k in ordered if name.casefold() in k.casefold() and k not in close]
         if close:
-            hints.append(f" Did you mean {_quoted(close[:3], ' or ')}"
-                         + (f" for '{name}'?" if len(missing) > 1 else "?"))
+            hints.append(f" Did you mean {_either(close[:3])}" + (f" for '{name}'?" if len(missing) > 1 else "?"))
     shown = ", ".join(ordered[:20]) + (f" and {len(ordered) - 20} more (ingest stats)" if len(ordered) > 20 else "")
     noun = "factory" if len(missing) == 1 else "factories"
     raise UnknownFactory(f"No {noun} {_quoted(missing)} in {location}.{''.join(hints)} Known factories: {shown}.")
 
 
-def _quoted(names: Sequence[str], joiner: str = ", ") -> str:
-    return joiner.join(f"'{n}'" for n in names)
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def _either(names: Sequence[str]) -> str:
+    """'a', 'b' or 'c'"""
+    return _quoted(names[:-1]) + f" or '{names[-1]}'" if len(names) > 1 else _quoted(names)

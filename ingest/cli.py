@@ -206,7 +206,7 @@ def _add_summary(reports: list, prune: bool, dry_run: bool) -> dict[str, Any]:
 
     With one folder the top level is that folder's report (as before several folders were
     allowed); with several, `factory` is null and `factories` lists them."""
-    folders = [{"path": str(path), **report.to_dict()} for path, report in reports]
+    folders = [{"path": os.path.abspath(path), **report.to_dict()} for path, report in reports]
     names = list(dict.fromkeys(report.factory for _, report in reports))
     summary: dict[str, Any] = {"factory": names[0] if len(reports) == 1 else None, "factories": names}
     summary.update({key: sum(folder[key] for folder in folders) for key in _ADD_COUNTS})
@@ -233,11 +233,11 @@ def _add_line(report, prune: bool, dry_run: bool, label: str | None = None) -> s
 
 
 @app.command()
-def stats(as_json: JsonFlag = False) -> None:
+def stats(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
     """Points, photos, per-factory counts, model and store location."""
     from core.search_service import index_stats
 
-    settings = _settings()
+    settings = _settings(wait)
     with _user_errors(as_json), _open_store(settings) as store:
         data = index_stats(store)
     if as_json:
@@ -258,6 +258,7 @@ def search(
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Minimum cosine similarity.")] = None,
     whole: Annotated[bool, typer.Option("--whole", help="Query with the whole photo, skip detection.")] = False,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Find crops by text or by photo, optionally within some factories."""
@@ -267,7 +268,7 @@ def search(
     from core.search_service import build_where
     from core.wiring import search_service
 
-    settings = _settings()
+    settings = _settings(wait)
     where = build_where(factory)
     with _user_errors(as_json), _open_stores(settings) as (store, head):
         _check_factories(store, factory)
@@ -338,6 +339,7 @@ def eval_command(
         "--background", help="With --model: none | rembg (repeatable): measure background removal.")] = None,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a markdown report here.")] = None,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Retrieval quality on your own catalogue: photos of one product should find each other."""
@@ -346,7 +348,7 @@ def eval_command(
     from core.evaluation import markdown
     from core.wiring import build_embedder, open_store
 
-    settings = _settings()
+    settings = _settings(wait)
     sections: list[str] = []
     output: dict[str, Any] = {}
     with _user_errors(as_json):
@@ -397,6 +399,7 @@ def tune_command(
     epochs: Annotated[int, typer.Option(min=1, max=1000)] = 60,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Learn from these factories only.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Head file (.npz).")] = None,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Train a projection head on the indexed crop vectors (labels: product ids); reports
@@ -406,7 +409,7 @@ def tune_command(
     from core.cluster_service import load_items
     from core.tuning import train_head
 
-    settings = _settings()
+    settings = _settings(wait)
     with _user_errors(as_json), _open_store(settings) as store:
         _check_factories(store, factory)
         info = store.info()
@@ -451,13 +454,14 @@ def reproject_command(wait: WaitOption = None, as_json: JsonFlag = False) -> Non
 def export_command(
     path: Annotated[Path, typer.Argument(help="File to write (gzip JSON lines), e.g. points.jsonl.gz.")],
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Write every point (vector + payload) to a file: a backup, or a move to another store."""
     from core.search_service import build_where
     from core.transfer import export_points
 
-    settings = _settings()
+    settings = _settings(wait)
     with _user_errors(as_json), _open_store(settings) as store:
         _check_factories(store, factory)
         count = export_points(store, path, build_where(factory))
@@ -502,6 +506,7 @@ def cluster_command(
         "--calibrate", help="LABELS.csv with a,b,same: score thresholds instead of clustering.",
         exists=True, dir_okay=False)] = None,
     target_precision: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --calibrate.")] = 0.95,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Group near-duplicates (identical / duplicate / similar tiers) and write reports."""
@@ -520,7 +525,7 @@ def cluster_command(
     if not chosen_formats or set(chosen_formats) - set(FORMATS):
         raise typer.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--format")
 
-    settings = _settings()
+    settings = _settings(wait)
     with _user_errors(as_json):
         store = open_store(settings, on_wait=_say_waiting)
         try:
