@@ -14,12 +14,14 @@ Layout convention (`ingest add shoes/factory_a`):
 from __future__ import annotations
 
 import csv
+import difflib
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
-from core.errors import ManifestError
-from core.images import is_photo
+from core.errors import ManifestError, NotAFactoryFolder, UnknownFactory
+from core.images import PHOTO_EXTENSIONS, is_photo
 from core.models import PhotoSource
 
 RESERVED_PAYLOAD_KEYS = frozenset(
@@ -59,6 +61,15 @@ def iter_photo_files(root: Path) -> Iterator[Path]:
         for name in sorted(filenames):
             if not name.startswith(".") and is_photo(Path(name)):
                 yield Path(dirpath) / name
+
+
+def factory_name(root: Path) -> str:
+    """The factory a folder (or a loose photo's folder) stands for by default: its name.
+
+    `.` or `shoes/factory_a/..` name the folder they point at (symlinks are kept as named)."""
+    root = Path(root)
+    folder = root if root.is_dir() else root.parent
+    return path_text(Path(os.path.abspath(folder)).name)
 
 
 def product_from_layout(root: Path, photo: Path) -> str:
@@ -119,7 +130,7 @@ def discover(root: Path, factory: str | None = None, manifest: Path | None = Non
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"no such file or folder: {root}")
-    default_factory = path_text(factory or (root.name if root.is_dir() else root.parent.name))
+    default_factory = path_text(factory) if factory else factory_name(root)
     listed = read_manifest(manifest, root) if manifest else {}
     seen: set[Path] = set()
     for photo in iter_photo_files(root):
@@ -133,3 +144,111 @@ def discover(root: Path, factory: str | None = None, manifest: Path | None = Non
     for photo, (product_id, row_factory, extras) in listed.items():
         if photo not in seen:
             yield PhotoSource(photo, row_factory or default_factory, product_id, extras)
+
+
+# --------------------------------------------------------------------------- checks before ingesting
+
+
+def _photo_types() -> str:
+    return ", ".join(sorted(PHOTO_EXTENSIONS))
+
+
+def _other_files(root: Path, limit: int = 100_000) -> Counter:
+    """File types (by extension) under `root` that are not photos, hidden entries skipped."""
+    found: Counter = Counter()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                found[Path(name).suffix.lower() or "(no extension)"] += 1
+        if sum(found.values()) >= limit:
+            break
+    return found
+
+
+def check_has_photos(root: Path, sources: Sequence[PhotoSource]) -> None:
+    """Raise NotAFactoryFolder when `root` gave no photo to ingest: a file that is not a photo,
+    an empty folder, or one holding only other files (named by type, so the user sees why)."""
+    if sources:
+        return
+    if root.is_file():
+        raise NotAFactoryFolder(
+            f"{path_text(root)} is a file, not a photo or a folder of photos: give a factory folder "
+            f"(ingest add shoes/factory_a); photos are {_photo_types()}")
+    others = _other_files(root)
+    if not others:
+        raise NotAFactoryFolder(f"{path_text(root)} holds no photos (it is empty): give a folder of photos, "
+                                f"e.g. ingest add shoes/factory_a")
+    kinds = ", ".join(f"{count} {kind}" for kind, count in others.most_common(4))
+    raise NotAFactoryFolder(
+        f"{path_text(root)} holds no photos (found {kinds}{', ...' if len(others) > 4 else ''}); "
+        f"photos are {_photo_types()}: give a folder of photos, e.g. ingest add shoes/factory_a")
+
+
+def factory_subfolders(root: Path, sources: Sequence[PhotoSource], known_factories: Collection[str] = (),
+                       factory: str | None = None) -> list[str]:
+    """Subfolders of `root` that look like factory folders rather than product folders; [] if none.
+
+    `ingest add shoes` on `shoes/<factory>/<product>/photo.jpg` would index one factory `shoes`
+    with factory names as product ids. It looks like that when a subfolder is named like a
+    factory already indexed (other than `factory`), or when no subfolder holds photos directly
+    but their own subfolders do (photos two or more levels below every photo-holding subfolder).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    base = Path(os.path.abspath(root))
+    direct: set[str] = set()  # subfolders with photos right inside them (product folders)
+    deeper: set[str] = set()  # subfolders whose photos are further down
+    for source in sources:
+        try:
+            parts = Path(os.path.abspath(source.path)).relative_to(base).parts
+        except ValueError:  # a manifest row outside the folder
+            continue
+        if len(parts) == 2:
+            direct.add(parts[0])
+        elif len(parts) > 2:
+            deeper.add(parts[0])
+    holding = direct | deeper
+    named = sorted(path_text(name) for name in holding if path_text(name) in set(known_factories)
+                   and path_text(name) != factory)
+    if named:
+        return named
+    if deeper and not direct:
+        return sorted(path_text(name) for name in deeper)
+    return []
+
+
+def check_known_factories(names: Sequence[str] | None, known: Collection[str], location: str = "the index") -> None:
+    """Raise UnknownFactory when a factory filter names a factory `known` does not hold.
+
+    The message lists the known factories and suggests close names (other case, typos)."""
+    missing = [name for name in dict.fromkeys(names or []) if name not in known]
+    if not missing:
+        return
+    if not known:
+        raise UnknownFactory(f"No factory {_quoted(missing)} in {location}: it holds no photos yet "
+                             f"(add some with `ingest add FOLDER`).")
+    ordered = sorted(known)
+    hints = []
+    for name in missing:
+        close = [k for k in ordered if k.casefold() == name.casefold()]  # only the case differs: that one
+        if not close:  # typos: the closest names (those about as close as the best), then longer names
+            scores = {k: difflib.SequenceMatcher(None, name.casefold(), k.casefold()).ratio() for k in ordered}
+            best = max(scores.values())
+            close = sorted((k for k, r in scores.items() if r >= max(0.6, best - 0.05)), key=lambda k: -scores[k])
+            close += [k for k in ordered if name.casefold() in k.casefold() and k not in close]
+        if close:
+            hints.append(f" Did you mean {_either(close[:3])}" + (f" for '{name}'?" if len(missing) > 1 else "?"))
+    shown = ", ".join(ordered[:20]) + (f" and {len(ordered) - 20} more (ingest stats)" if len(ordered) > 20 else "")
+    noun = "factory" if len(missing) == 1 else "factories"
+    raise UnknownFactory(f"No {noun} {_quoted(missing)} in {location}.{''.join(hints)} Known factories: {shown}.")
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def _either(names: Sequence[str]) -> str:
+    """'a', 'b' or 'c'"""
+    return _quoted(names[:-1]) + f" or '{names[-1]}'" if len(names) > 1 else _quoted(names)

@@ -33,3 +33,11 @@ class BadImage(ShoeSearchError):
 
 class ManifestError(ShoeSearchError):
     """A manifest CSV is malformed; the message names the line."""
+
+
+class NotAFactoryFolder(ShoeSearchError):
+    """A path given to `ingest add` is not one factory's folder of photos (empty, a file, a parent of factories)."""
+
+
+class UnknownFactory(ShoeSearchError):
+    """A factory filter names a factory the index does not hold."""

@@ -13,7 +13,10 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from core.errors import BadImage
 
-PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+                              ".heic", ".heif", ".avif"})
+HEIF_EXTENSIONS = frozenset({".heic", ".heif"})  # decoded by pi-heif (libheif), registered on first use
+AVIF_EXTENSIONS = frozenset({".avif"})  # decoded by Pillow itself (11.3+ wheels ship libavif)
 
 # Truncated files must fail loudly, not decode as half-grey pictures.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -30,6 +33,36 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_heif_registered: bool | None = None  # None: not tried yet
+
+
+def _heif_ready() -> bool:
+    """Register pi-heif's HEIC/HEIF opener with Pillow once; False when it is not installed."""
+    global _heif_registered
+    if _heif_registered is None:
+        try:
+            from pi_heif import register_heif_opener
+        except ImportError:
+            _heif_registered = False
+        else:
+            register_heif_opener()
+            _heif_registered = True
+    return _heif_registered
+
+
+def _missing_decoder(path: Path) -> str | None:
+    """Why a photo of this type cannot be decoded here (no decoder installed), or None."""
+    suffix = path.suffix.lower()
+    if suffix in HEIF_EXTENSIONS and not _heif_ready():
+        return "HEIC/HEIF photo, but no HEIF decoder is installed (pip install pi-heif)"
+    if suffix in AVIF_EXTENSIONS:
+        from PIL import features
+
+        if not features.check("avif"):
+            return "AVIF photo, but this Pillow has no AVIF decoder (pip install 'pillow>=11.3')"
+    return None
 
 
 def _pillow_open():
@@ -60,9 +93,13 @@ def load_photo_scaled(path: Path, max_pixels: int, max_side: int | None = None) 
     (Pillow's draft mode: 1/2, 1/4 or 1/8, still at least `max_side`), which is several times
     faster. Returns the image and the upright photo's original (width, height).
     """
+    _heif_ready()  # a HEIC photo under any name decodes like the others
     try:
         if path.stat().st_size == 0:
             raise BadImage("empty file (0 bytes)")
+        missing = _missing_decoder(path)
+        if missing:
+            raise BadImage(missing)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _pillow_open()(path) as img:

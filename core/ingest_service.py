@@ -6,6 +6,7 @@ tiny real models or a fake detector, and the CLI and the UI share one code path.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -246,6 +247,38 @@ class IngestService:
         target = path_text(Path(path).absolute())
         return [p for p in points
                 if p.payload.get("photo_path") == target or p.payload.get("photo_path", "").startswith(target.rstrip("/") + "/")]
+
+    def find_gone(self, factory: str, folder: Path, present: Iterable[Path]) -> list[StoredPoint]:
+        """Points of `factory` whose photo lies under `folder` but is gone: not among `present`
+        (the photos found there now) and no longer on disk.
+
+        A photo moved or renamed within the folder is not gone: its bytes are among the present
+        photos not indexed under their path (before `add` has updated it), so it stays. Photos
+        elsewhere (manifest rows outside the folder, other factories) are never candidates.
+        """
+        prefix = path_text(Path(folder).absolute()).rstrip("/") + "/"
+        stored = [p for p in self.store.scroll({"factory": [factory]})
+                  if str(p.payload.get("photo_path", "")).startswith(prefix)]
+        present = list(present)
+        here = {path_text(path) for path in present}
+        gone = [p for p in stored if p.payload.get("photo_path") not in here
+                and not os.path.lexists(p.payload["photo_path"])]  # a file we did not list is not deleted
+        if not gone:
+            return []
+        indexed_paths = {p.payload.get("photo_path") for p in stored}
+        unindexed = [path for path in present if path_text(path) not in indexed_paths]
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            moved = {h for h in pool.map(_hash_or_error, unindexed) if isinstance(h, str)}
+        return [p for p in gone if p.payload.get("photo_sha256") not in moved]
+
+    def prune(self, report: IngestReport, folder: Path, present: Iterable[Path], dry_run: bool = False) -> None:
+        """Delete the points and thumbnails of `report.factory`'s gone photos under `folder` (see
+        `find_gone`); with `dry_run` only count them. The counts and paths go into `report`."""
+        gone = self.find_gone(report.factory, folder, present)
+        report.pruned = sorted({str(p.payload["photo_path"]) for p in gone})
+        report.photos_pruned, report.crops_pruned = len(report.pruned), len(gone)
+        if not dry_run:
+            self._delete_points(gone)
 
     def remove(self, points: Sequence[StoredPoint]) -> int:
         """Delete `points` (from `find`) and their thumbnails. Returns how many were deleted."""

@@ -60,6 +60,11 @@ class IngestReport:
     photos_updated: int = 0  # same bytes already indexed, path / product / extras changed
     photos_failed: list[FailedPhoto] = field(default_factory=list)
     crops_added: int = 0
+    # `ingest add --prune`: photos of this factory under the folder whose files are gone (with --dry-run:
+    # would be), their crops, and their paths.
+    photos_pruned: int = 0
+    crops_pruned: int = 0
+    pruned: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:

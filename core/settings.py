@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     qdrant_url: str = Field("", description="Qdrant server URL; empty means the embedded store under DATA_DIR.")
     qdrant_api_key: str = Field("", description="API key for the Qdrant server (if it requires one).")
     qdrant_collection: str = Field("shoes", description="Collection (embedded: shard folder) name.")
+    store_lock_wait: float = Field(
+        0.0, ge=0.0, description="Seconds to wait for another process's hold on the embedded store (0: fail at once).")
 
     clip_model: str = Field("clip-ViT-B-32", description="sentence-transformers CLIP name or local directory.")
     detector_model: str = Field("yolov8n-oiv7.pt", description="ultralytics YOLO weights name or file; 'none' = off.")

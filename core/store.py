@@ -137,27 +137,56 @@ def _conditions(where: Where, match_value, match_any, match_substring, field) ->
 
 
 class _ProcessLock:
-    """An exclusive, non-blocking flock on a file that records who holds it.
+    """An exclusive flock on a file that records who holds it.
 
     The kernel drops a flock when its process dies (even by kill -9), so a crash never
-    leaves the store locked.
+    leaves the store locked. With `wait` > 0 a busy lock is retried for that many seconds
+    (`on_wait(holder, wait)` is called once, when waiting starts) before giving up.
     """
 
-    def __init__(self, path: Path, what: str) -> None:
+    poll_seconds = 0.1
+
+    def __init__(self, path: Path, what: str, wait: float = 0.0, on_wait=None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            self._acquire(what, wait, on_wait)
+        except BaseException:  # busy past the wait, or Ctrl-C while waiting
             os.close(self._fd)
-            raise StoreLocked(
-                f"The embedded store {what} is in use by process {holder}. Wait for it to finish "
-                f"(or stop it), or point the UI/CLI at a Qdrant server with QDRANT_URL."
-            ) from None
+            self._fd = -1
+            raise
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()} ({' '.join(Path(a).name for a in sys.argv[:2])})".encode(), 0)
+
+    def _acquire(self, what: str, wait: float, on_wait) -> None:
+        deadline = time.monotonic() + max(0.0, wait)
+        told = False
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= deadline:
+                if wait > 0:
+                    raise StoreLocked(
+                        f"The embedded store {what} is still in use by process {self._holder()} after waiting "
+                        f"{wait:g}s. Wait longer (--wait SECONDS or STORE_LOCK_WAIT), stop it, or point the "
+                        f"UI/CLI at a Qdrant server with QDRANT_URL."
+                    )
+                raise StoreLocked(
+                    f"The embedded store {what} is in use by process {self._holder()}. Wait for it to finish "
+                    f"(--wait SECONDS or STORE_LOCK_WAIT waits for it), stop it, or point the UI/CLI at a "
+                    f"Qdrant server with QDRANT_URL."
+                )
+            if not told and on_wait is not None:
+                on_wait(self._holder(), wait)
+                told = True
+            time.sleep(min(self.poll_seconds, max(0.0, deadline - time.monotonic())))
+
+    def _holder(self) -> str:
+        return os.pread(self._fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -171,7 +200,9 @@ class _ProcessLock:
 class EdgeStore:
     """The embedded store: one Qdrant Edge shard per collection under `directory`."""
 
-    def __init__(self, directory: Path, collection: str) -> None:
+    def __init__(self, directory: Path, collection: str, lock_wait: float = 0.0, on_wait=None) -> None:
+        """`lock_wait`: seconds to wait for another process's lock on this store (0: fail at once);
+        `on_wait(holder, seconds)` is told when that waiting starts (the CLI prints it)."""
         import qdrant_edge  # noqa: F401  (fail here, clearly, if the package is missing)
 
         self.collection = collection
@@ -181,7 +212,8 @@ class EdgeStore:
         self.location = f"embedded store {self.shard_dir}"
         self._lock = threading.RLock()
         self._info: CollectionInfo | None = None  # the record never changes once written
-        self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir))
+        self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
+                                          wait=lock_wait, on_wait=on_wait)
         self._shard = None
         try:
             if self.meta_path.exists():

@@ -11,11 +11,15 @@ from core.settings import Settings
 from core.store import EdgeStore, QdrantClientStore, Store
 
 
-def open_store(settings: Settings) -> Store:
-    """The server store when QDRANT_URL is set, else the embedded store (locked) under DATA_DIR."""
+def open_store(settings: Settings, on_wait=None) -> Store:
+    """The server store when QDRANT_URL is set, else the embedded store (locked) under DATA_DIR.
+
+    A busy embedded store is waited for up to STORE_LOCK_WAIT seconds; `on_wait(holder, seconds)`
+    hears when that starts."""
     if settings.qdrant_url:
         return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
-    return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection)
+    return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection,
+                     lock_wait=settings.store_lock_wait, on_wait=on_wait)
 
 
 def build_embedder(settings: Settings) -> ClipEmbedder:
@@ -55,7 +59,7 @@ def open_head_index(settings: Settings, store: Store):
     if isinstance(store, QdrantClientStore):
         head_store = QdrantClientStore(store.client, name, store.location)
     else:
-        head_store = EdgeStore(settings.embedded_store_dir, name)
+        head_store = EdgeStore(settings.embedded_store_dir, name, lock_wait=settings.store_lock_wait)
     index = HeadIndex(head, head_store)
     info = store.info()
     if info is not None:

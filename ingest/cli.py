@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -28,35 +30,47 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+WaitOption = Annotated[Optional[float], typer.Option(
+    "--wait", min=0, metavar="SECONDS",
+    help="If another process holds the embedded store, wait up to this long for it (default: STORE_LOCK_WAIT).")]
 
 
-def _settings() -> Settings:
+def _settings(wait: float | None = None) -> Settings:
     from core.settings import Settings
 
-    return Settings()
+    settings = Settings()
+    return settings if wait is None else settings.model_copy(update={"store_lock_wait": wait})
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def _say_waiting(holder: str, seconds: float) -> None:
+    typer.echo(f"waiting up to {seconds:g}s for the embedded store, in use by process {holder} ...", err=True)
+
+
+def _fail(message: str, code: int = 1, as_json: bool = False) -> typer.Exit:
+    """One line on stderr; with --json also {"error", "exit_code"} on stdout, so stdout stays one JSON object."""
     typer.echo(f"error: {message}", err=True)
+    if as_json:
+        _print_json({"error": message, "exit_code": code})
     return typer.Exit(code)
 
 
 @contextlib.contextmanager
-def _user_errors():
-    """Turn the errors a user can act on into one line on stderr and exit code 1."""
+def _user_errors(as_json: bool = False):
+    """Turn the errors a user can act on into one line on stderr and exit code 1 (with `as_json`,
+    also a JSON object on stdout)."""
     try:
         yield
     except ShoeSearchError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), as_json=as_json) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; rerun the same command to continue where it stopped", 130) from None
+        raise _fail("interrupted; rerun the same command to continue where it stopped", 130, as_json) from None
 
 
 @contextlib.contextmanager
 def _open_store(settings: Settings):
     from core.wiring import open_store
 
-    store = open_store(settings)
+    store = open_store(settings, on_wait=_say_waiting)
     try:
         yield store
     finally:
@@ -81,55 +95,150 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def _check_factories(store, names: Optional[list[str]] | Optional[str]) -> None:
+    """Stop with the known factories (and close names) when a --factory names none of them."""
+    if not names:
+        return
+    from core.catalogue import check_known_factories
+
+    check_known_factories([names] if isinstance(names, str) else names, store.facet("factory"))
+
+
 @app.command()
 def add(
-    path: Annotated[Path, typer.Argument(help="A factory folder (or one photo).", exists=True)],
-    factory: Annotated[Optional[str], typer.Option(help="Factory name (default: the folder's name).")] = None,
+    paths: Annotated[list[Path], typer.Argument(
+        help="Factory folders, each its own factory (ingest add shoes/*), or one photo.", exists=True,
+        metavar="FOLDER...")],
+    factory: Annotated[Optional[str], typer.Option(
+        help="Factory name (default: the folder's name); only with one folder.")] = None,
     manifest: Annotated[Optional[Path], typer.Option(
-        help="CSV with path,product_id[,factory,extra...] overriding the folder layout.",
+        help="CSV with path,product_id[,factory,extra...] overriding the folder layout; only with one folder.",
         exists=True, dir_okay=False)] = None,
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Also remove this factory's photos under the folder whose files are gone.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="With --prune: only count what would be pruned; nothing is added or removed.")] = False,
+    one_factory: Annotated[bool, typer.Option(
+        "--one-factory", help="Index the folder as one factory even if its subfolders look like factories.")] = False,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Add a factory folder's photos to the index. Reruns skip unchanged photos."""
+    """Add factory folders' photos to the index. Reruns skip unchanged photos."""
+    if len(paths) > 1 and (factory or manifest):
+        raise typer.BadParameter("only with one folder (several folders are each their own factory)",
+                                 param_hint="--factory" if factory else "--manifest")
+    if dry_run and not prune:
+        raise typer.BadParameter("--dry-run only applies to --prune", param_hint="--dry-run")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from core.catalogue import discover
+    from core.catalogue import check_has_photos, discover, factory_name, factory_subfolders
+    from core.errors import NotAFactoryFolder
+    from core.models import IngestReport
     from core.wiring import ingest_service
 
-    settings = _settings()
-    with _user_errors():
-        sources = list(discover(path, factory=factory, manifest=manifest))
-        label = factory or (path.name if path.is_dir() else path.parent.name)
+    settings = _settings(wait)
+    with _user_errors(as_json):
+        unique: dict[str, Path] = {}
+        for path in paths:  # the same folder named twice is ingested once
+            unique.setdefault(os.path.abspath(path), path)
+        plans = []
+        for given in unique.values():
+            if given.is_file() and len(unique) > 1:
+                raise NotAFactoryFolder(f"{given} is a file, not a factory folder: give folders only "
+                                        f"(ingest add shoes/*/ matches only folders)")
+            if prune and given.is_file():
+                raise NotAFactoryFolder(f"{given} is a file: --prune needs the factory folder it lies in")
+            sources = list(discover(given, factory=factory, manifest=manifest))
+            check_has_photos(given, sources)
+            plans.append((given, factory or factory_name(given), sources))
         with _open_stores(settings) as (store, head):
+            if not (manifest or one_factory):
+                known = set(store.facet("factory"))
+                for given, label, sources in plans:
+                    nested = factory_subfolders(given, sources, known, label)
+                    if nested:
+                        shown = ", ".join(nested[:3]) + (", ..." if len(nested) > 3 else "")
+                        raise NotAFactoryFolder(
+                            f"{given} holds factory folders ({shown}), not products: index each as its own factory "
+                            f"with `ingest add {given}/*`, or one with `ingest add {given}/{nested[0]}` "
+                            f"(--one-factory to index it as one factory anyway)")
             service = ingest_service(settings, store, head)
             console = Console(stderr=True)
+            reports = []
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), console=console, transient=as_json,
                           disable=not console.is_terminal) as bar:
-                task = bar.add_task(f"ingest {label}", total=len(sources))
-                report = service.add(sources, label, progress=lambda done, _: bar.update(task, completed=done))
+                for given, label, sources in plans:
+                    task = bar.add_task(f"ingest {label}", total=len(sources))
+                    if dry_run:
+                        report = IngestReport(factory=label, photos_seen=len(sources))
+                    else:
+                        report = service.add(sources, label,
+                                             progress=lambda done, _, task=task: bar.update(task, completed=done))
+                    if prune:
+                        started = time.perf_counter()
+                        service.prune(report, given, [s.path for s in sources], dry_run=dry_run)
+                        report.seconds += time.perf_counter() - started
+                    reports.append((given, report))
+    summary = _add_summary(reports, prune, dry_run)
     if as_json:
-        _print_json(report.to_dict())
+        _print_json(summary)
     else:
-        typer.echo(
-            f"{report.factory}: {report.photos_seen} photos seen, {report.photos_added} added "
-            f"({report.crops_added} crops), {report.photos_unchanged} unchanged, "
-            f"{report.photos_updated} updated, {len(report.photos_failed)} failed in {report.seconds:.1f}s"
-        )
-        for failed in report.photos_failed:
-            typer.echo(f"  skipped {failed.path}: {failed.error}", err=True)
-    if report.photos_failed:
+        for given, report in reports:
+            typer.echo(_add_line(report, prune, dry_run))
+            for failed in report.photos_failed:
+                typer.echo(f"  skipped {failed.path}: {failed.error}", err=True)
+            for gone in report.pruned:
+                typer.echo(f"  {'would prune' if dry_run else 'pruned'} {gone}")
+        if len(reports) > 1:
+            typer.echo(_add_line(summary, prune, dry_run, label=f"total ({len(reports)} factories)"))
+    if summary["photos_failed"]:
         raise typer.Exit(1)
 
 
+_ADD_COUNTS = ("photos_seen", "photos_added", "photos_unchanged", "photos_updated", "crops_added",
+               "photos_pruned", "crops_pruned")
+
+
+def _add_summary(reports: list, prune: bool, dry_run: bool) -> dict[str, Any]:
+    """The --json of `ingest add`: the one-folder report's keys, summed over folders, plus `folders`.
+
+    With one folder the top level is that folder's report (as before several folders were
+    allowed); with several, `factory` is null and `factories` lists them."""
+    folders = [{"path": os.path.abspath(path), **report.to_dict()} for path, report in reports]
+    names = list(dict.fromkeys(report.factory for _, report in reports))
+    summary: dict[str, Any] = {"factory": names[0] if len(reports) == 1 else None, "factories": names}
+    summary.update({key: sum(folder[key] for folder in folders) for key in _ADD_COUNTS})
+    summary["photos_failed"] = [failed for folder in folders for failed in folder["photos_failed"]]
+    summary["pruned"] = [gone for folder in folders for gone in folder["pruned"]]
+    summary.update({"prune": prune, "dry_run": dry_run,
+                    "seconds": round(sum(report.seconds for _, report in reports), 3), "folders": folders})
+    return summary
+
+
+def _add_line(report, prune: bool, dry_run: bool, label: str | None = None) -> str:
+    """One human line for a folder's report (an IngestReport) or the summary (a dict)."""
+    get = (lambda key: report[key]) if isinstance(report, dict) else (lambda key: getattr(report, key))
+    failed = len(get("photos_failed"))
+    name = label or get("factory")
+    if dry_run:
+        return (f"{name}: {get('photos_seen')} photos in the folder; would prune {get('photos_pruned')} photos "
+                f"({get('crops_pruned')} crops) whose files are gone (dry run: nothing changed)")
+    line = (f"{name}: {get('photos_seen')} photos seen, {get('photos_added')} added ({get('crops_added')} crops), "
+            f"{get('photos_unchanged')} unchanged, {get('photos_updated')} updated, {failed} failed")
+    if prune:
+        line += f", {get('photos_pruned')} pruned ({get('crops_pruned')} crops)"
+    return line + f" in {get('seconds'):.1f}s"
+
+
 @app.command()
-def stats(as_json: JsonFlag = False) -> None:
+def stats(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
     """Points, photos, per-factory counts, model and store location."""
     from core.search_service import index_stats
 
-    settings = _settings()
-    with _user_errors(), _open_store(settings) as store:
+    settings = _settings(wait)
+    with _user_errors(as_json), _open_store(settings) as store:
         data = index_stats(store)
     if as_json:
         _print_json(data)
@@ -149,6 +258,7 @@ def search(
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Minimum cosine similarity.")] = None,
     whole: Annotated[bool, typer.Option("--whole", help="Query with the whole photo, skip detection.")] = False,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Find crops by text or by photo, optionally within some factories."""
@@ -158,9 +268,10 @@ def search(
     from core.search_service import build_where
     from core.wiring import search_service
 
-    settings = _settings()
+    settings = _settings(wait)
     where = build_where(factory)
-    with _user_errors(), _open_stores(settings) as (store, head):
+    with _user_errors(as_json), _open_stores(settings) as (store, head):
+        _check_factories(store, factory)
         service = search_service(settings, store, head)
         if text is not None:
             hits = service.search_text(text, where=where, top_k=top_k, min_score=min_score)
@@ -187,6 +298,7 @@ def remove(
     path: Annotated[Optional[Path], typer.Option(help="Remove crops of this photo, or of all photos under this folder.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Delete crops by factory and/or photo path (asks first unless --yes)."""
@@ -194,8 +306,9 @@ def remove(
         raise typer.BadParameter("give --factory and/or --path")
     from core.wiring import ingest_service
 
-    settings = _settings()
-    with _user_errors(), _open_stores(settings) as (store, head):
+    settings = _settings(wait)
+    with _user_errors(as_json), _open_stores(settings) as (store, head):
+        _check_factories(store, factory)
         service = ingest_service(settings, store, head)
         points = service.find(factory=factory, path=path)
         photos = {p.payload.get("photo_path") for p in points}
@@ -226,6 +339,7 @@ def eval_command(
         "--background", help="With --model: none | rembg (repeatable): measure background removal.")] = None,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a markdown report here.")] = None,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Retrieval quality on your own catalogue: photos of one product should find each other."""
@@ -234,16 +348,17 @@ def eval_command(
     from core.evaluation import markdown
     from core.wiring import build_embedder, open_store
 
-    settings = _settings()
+    settings = _settings(wait)
     sections: list[str] = []
     output: dict[str, Any] = {}
-    with _user_errors():
+    with _user_errors(as_json):
         text = read_queries(queries) if queries else []
         linked = read_pairs(pairs) if pairs else []
         if linked and model:
             raise typer.BadParameter("--pairs applies to the index; compare models by product ids", param_hint="--pairs")
-        store = open_store(settings)
+        store = open_store(settings, on_wait=_say_waiting)
         try:
+            _check_factories(store, factory)
             if background and not model:
                 raise typer.BadParameter("--background compares variants: give --model too", param_hint="--background")
             if model:
@@ -284,6 +399,7 @@ def tune_command(
     epochs: Annotated[int, typer.Option(min=1, max=1000)] = 60,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Learn from these factories only.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Head file (.npz).")] = None,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Train a projection head on the indexed crop vectors (labels: product ids); reports
@@ -293,8 +409,9 @@ def tune_command(
     from core.cluster_service import load_items
     from core.tuning import train_head
 
-    settings = _settings()
-    with _user_errors(), _open_store(settings) as store:
+    settings = _settings(wait)
+    with _user_errors(as_json), _open_store(settings) as store:
+        _check_factories(store, factory)
         info = store.info()
         items = load_items(store, factory)
         if info is None or len(items) == 0:
@@ -319,10 +436,10 @@ def tune_command(
 
 
 @app.command(name="reproject")
-def reproject_command(as_json: JsonFlag = False) -> None:
+def reproject_command(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
     """Fill PROJECTION_HEAD's collection from the indexed vectors (no model needed)."""
-    settings = _settings()
-    with _user_errors(), _open_stores(settings) as (store, head):
+    settings = _settings(wait)
+    with _user_errors(as_json), _open_stores(settings) as (store, head):
         if head is None:
             raise ShoeSearchError("Set PROJECTION_HEAD to a head file from `ingest tune` first.")
         count = head.sync_from(store)
@@ -337,14 +454,16 @@ def reproject_command(as_json: JsonFlag = False) -> None:
 def export_command(
     path: Annotated[Path, typer.Argument(help="File to write (gzip JSON lines), e.g. points.jsonl.gz.")],
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Write every point (vector + payload) to a file: a backup, or a move to another store."""
     from core.search_service import build_where
     from core.transfer import export_points
 
-    settings = _settings()
-    with _user_errors(), _open_store(settings) as store:
+    settings = _settings(wait)
+    with _user_errors(as_json), _open_store(settings) as store:
+        _check_factories(store, factory)
         count = export_points(store, path, build_where(factory))
     if as_json:
         _print_json({"exported": count, "path": str(path)})
@@ -355,13 +474,14 @@ def export_command(
 @app.command(name="import")
 def import_command(
     path: Annotated[Path, typer.Argument(help="A file written by `ingest export`.", exists=True, dir_okay=False)],
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Upsert an export's points into the configured store (same ids: reruns add nothing)."""
     from core.transfer import import_points
 
-    settings = _settings()
-    with _user_errors(), _open_store(settings) as store:
+    settings = _settings(wait)
+    with _user_errors(as_json), _open_store(settings) as store:
         count = import_points(store, path)
         total = store.count()
     if as_json:
@@ -386,6 +506,7 @@ def cluster_command(
         "--calibrate", help="LABELS.csv with a,b,same: score thresholds instead of clustering.",
         exists=True, dir_okay=False)] = None,
     target_precision: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --calibrate.")] = 0.95,
+    wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Group near-duplicates (identical / duplicate / similar tiers) and write reports."""
@@ -404,10 +525,13 @@ def cluster_command(
     if not chosen_formats or set(chosen_formats) - set(FORMATS):
         raise typer.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--format")
 
-    settings = _settings()
-    with _user_errors():
-        store = open_store(settings)
+    settings = _settings(wait)
+    with _user_errors(as_json):
+        store = open_store(settings, on_wait=_say_waiting)
         try:
+            _check_factories(store, factory)
+            if representative.startswith("factory:"):
+                _check_factories(store, representative.removeprefix("factory:"))
             service = ClusterService(store, settings.data_dir)
             if calibrate_labels is not None:
                 result = service.calibrate(calibrate_labels, target_precision)
