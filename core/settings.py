@@ -86,3 +86,25 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment and `.env`, a bad value as one ShoeSearchError line.
+
+    pydantic's ValidationError is a multi-line report with a link; a user who typed UI_PORT=0
+    needs "UI_PORT=0: Input should be greater than or equal to 1".
+    """
+    from pydantic import ValidationError
+
+    from core.errors import ShoeSearchError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            value = error.get("input")
+            shown = f"={value}" if isinstance(value, (str, int, float)) and len(str(value)) < 80 else ""
+            problems.append(f"{name}{shown}: {error['msg']}")
+        raise ShoeSearchError("bad setting (environment or .env): " + "; ".join(problems)) from None

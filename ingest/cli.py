@@ -36,9 +36,12 @@ WaitOption = Annotated[Optional[float], typer.Option(
 
 
 def _settings(wait: float | None = None) -> Settings:
-    from core.settings import Settings
+    from core.settings import load_settings
 
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except ShoeSearchError as exc:
+        raise _fail(str(exc)) from None
     return settings if wait is None else settings.model_copy(update={"store_lock_wait": wait})
 
 

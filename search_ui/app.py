@@ -427,12 +427,16 @@ def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
 def main() -> None:
     """Console entry point `search-ui`."""
     from core.errors import ShoeSearchError
-    from core.settings import Settings
+    from core.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except ShoeSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     if port_in_use(settings.ui_host, settings.ui_port):  # before minutes of model loading
         print(f"error: UI_PORT {settings.ui_port} on {settings.ui_host} is already in use (another search-ui?): "
               f"stop that program or set UI_PORT to a free port.", file=sys.stderr)
