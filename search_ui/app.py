@@ -148,7 +148,8 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                                                 columns=5, height=320, allow_preview=False, elem_id="group-members")
                         group_search = gr.Button("Search within this group", elem_id="search-group")
                     with gr.Column(scale=1):
-                        gr.Markdown("**Factories sharing groups**")
+                        gr.Markdown("**Factories sharing groups**: each cell counts the groups holding both "
+                                    "factories; the diagonal counts all groups holding that factory.")
                         heatmap = gr.Image(show_label=False, interactive=False, elem_id="heatmap")
                         reports = gr.File(label="Report (JSON, CSV)", file_count="multiple", interactive=False)
                 groups_state = gr.State([])

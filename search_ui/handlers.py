@@ -325,12 +325,10 @@ class Handlers:
             lines.append(f"| {tier} | {info['groups']} | {info['items_in_groups']} | {info['largest']} | {changes} |")
         groups = [_group_record(g) for g in result.groups if g.tier != "identical"] + \
                  [_group_record(g) for g in result.groups if g.tier == "identical"]
-        gallery = [(self._member_thumbnail(g["members"][0]), f"{g['id']} · {g['size']} · {', '.join(g['factories'])[:40]}")
-                   for g in groups]
+        gallery = [(self._member_thumbnail(g["members"][0]), _group_caption(g)) for g in groups]
         tier = "similar" if summary["tiers"]["similar"]["groups"] else "duplicate"
         heatmap = overlap_heatmap(summary["tiers"][tier]["factory_overlap"],
-                                  f"{tier.capitalize()} groups per factory pair\n"
-                                  "cell = groups holding both factories; diagonal = groups holding that factory")
+                                  f"{tier.capitalize()} groups per factory pair")
         return Duplicates("\n".join(lines), heatmap, gallery, groups, [str(f) for f in files if f.suffix in {".json", ".csv"}])
 
     def group_members(self, groups: Sequence[dict[str, Any]] | None, index: int | None) -> tuple[list[GalleryItem], str]:
@@ -399,7 +397,7 @@ def detail_card(hit: HitRecord, file_bytes: int | None = None) -> str:
     extras = {k: v for k, v in payload.items() if k not in _CARD_HIDDEN and not k.startswith("group_")}
     groups = [f"{v}" for k, v in sorted(payload.items()) if k.startswith("group_") and v]
     lines = [f"### {_md_escape(values['Factory'])} · {_md_escape(values['Product'])}",
-             f"**Similarity {float(hit['score']):.3f}**", "", "| | |", "|---|---|"]
+             f"**Similarity {float(hit['score']):.3f}**", "", "| Detail | Value |", "|---|---|"]
     lines += [f"| {label} | {_md_escape(values[label])} |" for label, _ in DETAIL_FIELDS[2:]]
     lines += [f"| {_md_escape(k)} | {_md_escape(str(v))} |" for k, v in sorted(extras.items())]
     if groups:
@@ -416,6 +414,13 @@ def _readable_date(value: Any) -> str:
     except ValueError:
         return str(value)
     return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _group_caption(group: dict[str, Any]) -> str:
+    """'dup-… · 5 crops · factory_a, factory_b' (or '· 4 factories' when the names would not fit)."""
+    factories = group["factories"]
+    names = ", ".join(factories) if len(factories) <= 2 else f"{len(factories)} factories"
+    return f"{group['id']} · {group['size']} crops · {names}"
 
 
 def _region_label(index: int, crops: Sequence[Any]) -> str:

@@ -70,3 +70,19 @@ def test_a_failed_request_leaves_the_app_serving(client, tmp_path):
     assert hits == [] and status.startswith("⚠️ That photo cannot be used")
     _, status, hits = client.predict("boot", [], "", False, 0.0, 2, False, api_name="/search_text")
     assert len(hits) == 2
+
+
+def test_readme_gradio_client_example(served, sample, tmp_path, capsys):
+    """The README's gradio_client block, run as written against the launched app."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("Named API endpoints for scripts"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'Client("http://127.0.0.1:7860/")' in code and 'handle_file("query.jpg")' in code
+    shutil.copy(sample.photos[0].path, tmp_path / "query.jpg")  # the working directory is tmp_path
+    exec(compile(code.replace("http://127.0.0.1:7860/", served), "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "results for the photo" in printed and "factory_a (" in printed
