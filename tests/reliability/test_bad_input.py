@@ -56,7 +56,7 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     frames[0].save(root / "animated.webp", save_all=True, append_images=frames[1:])
     expected["animated.webp"] = None
     good("one_pixel.png", Image.new("RGB", (1, 1), (5, 5, 5)))
-    good("very_wide.png", Image.new("RGB", (20000, 20), (90, 90, 250)))
+    good("wide.png", Image.new("RGB", (2000, 100), (90, 90, 250)))  # 20:1, the MAX_ASPECT_RATIO default
     good("ünïcödé 鞋.jpg", Image.new("RGB", (50, 50), (20, 160, 20)))
     rotated = Image.new("RGB", (80, 40), (250, 250, 250))
     exif = Image.Exif()
@@ -71,6 +71,11 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     expected["truncated.jpg"] = "cannot decode"
     (root / "text.jpg").write_text("this is not a photo")
     expected["text.jpg"] = "not an image Pillow can read"
+    # Extreme aspect ratios (was: indexed; CLIP's short-side resize made the 11 KB strip tens of GB).
+    Image.new("RGB", (20000, 20), (90, 90, 250)).save(root / "very_wide.png")
+    expected["very_wide.png"] = "extreme aspect ratio: 20000x20 (1,000:1) (limit MAX_ASPECT_RATIO=20)"
+    Image.new("RGB", (1, 200_000), (90, 90, 250)).save(root / "strip.png")
+    expected["strip.png"] = "extreme aspect ratio: 1x200000 (200,000:1) (limit MAX_ASPECT_RATIO=20)"
     _png_bomb(root / "bomb.png")
     expected["bomb.png"] = "image too large: 10,000,000,000 pixels (limit MAX_IMAGE_PIXELS=50,000,000)"
     os.symlink(root / "nowhere.jpg", root / "dangling.jpg")
@@ -107,8 +112,8 @@ def test_every_bad_file_has_its_reason_and_the_run_goes_on(cli_env, tmp_path, mo
     hits = json.loads(runner.invoke(app, ["search", "--text", "x", "--top-k", "100", "--json"]).stdout)["hits"]
     paths = {h["payload"]["photo_path"] for h in hits}
     assert str(root / "\\xff\\xfe-latin.jpg") in paths  # odd bytes shown escaped, still indexed once
-    wide = next(h for h in hits if h["payload"]["photo_path"].endswith("very_wide.png"))
-    assert (wide["payload"]["photo_width"], wide["payload"]["photo_height"]) == (20000, 20)
+    wide = next(h for h in hits if h["payload"]["photo_path"].endswith("wide.png"))
+    assert (wide["payload"]["photo_width"], wide["payload"]["photo_height"]) == (2000, 100)
     gif = next(h for h in hits if h["payload"]["photo_path"].endswith("animated.gif"))
     assert gif["payload"]["width"] == 40
 
