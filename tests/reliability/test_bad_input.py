@@ -177,3 +177,29 @@ def test_manifest_errors_name_the_line_through_the_cli(cli_env, tmp_path):
         result = runner.invoke(app, ["add", str(root), "--manifest", str(manifest)])
         assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "data" / "qdrant-edge" / "shoes.json").exists()  # nothing half-written
+
+
+def test_hostile_manifests_are_one_line_errors_through_the_cli(cli_env, tmp_path):
+    """Not UTF-8, a binary file, a field over 128 KB, a column that would inject a fake group:
+    exit 1, one line naming the file and line, no traceback, nothing stored."""
+    root = tmp_path / "factory_m"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a.jpg")
+    png = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(png)
+    cases = {
+        "path,product_id,colour\na.jpg,P1,weiß\n".encode("cp1252"): "line 2: not UTF-8 text (byte 0xdf at column 13)",
+        png.read_bytes(): "line 1: not UTF-8 text (byte 0x89 at column 1)",
+        f'path,product_id,notes\na.jpg,P1,"{"x" * 140_000}"\n'.encode(): "line 2: a field longer than 131,072 characters",
+        b"path,product_id,group_similar\na.jpg,P1,sim-0000fake\n": "line 1: column 'group_similar' is a key ingest "
+                                                                    "computes for every crop",
+        b"path,product_id,photo_width\na.jpg,P1,99999\n": "line 1: column 'photo_width' is a key ingest computes",
+    }
+    for content, message in cases.items():
+        manifest = tmp_path / "m.csv"
+        manifest.write_bytes(content)
+        result = runner.invoke(app, ["add", str(root), "--manifest", str(manifest)])
+        assert result.exit_code == 1, (message, result.output)
+        assert f"{manifest}: {message}" in result.stderr and "Traceback" not in result.output, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data" / "qdrant-edge" / "shoes.json").exists()  # nothing half-written
