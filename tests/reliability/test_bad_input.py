@@ -203,3 +203,26 @@ def test_hostile_manifests_are_one_line_errors_through_the_cli(cli_env, tmp_path
         assert f"{manifest}: {message}" in result.stderr and "Traceback" not in result.output, result.output
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "data" / "qdrant-edge" / "shoes.json").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("length", [300, 100_000])
+def test_text_query_longer_than_clip_reads_through_the_cli(cli_env, tmp_path, length):
+    """A pasted product description (300 characters) or a whole page (100k): hits, exit 0, and
+    one note on stderr saying only the start was searched; `--json` says `truncated`."""
+    root = tmp_path / "factory_t"
+    root.mkdir()
+    for k in range(3):
+        Image.new("RGB", (60, 40), (80 * k, 90, 200)).save(root / f"p{k}.jpg")
+    assert runner.invoke(app, ["add", str(root)]).exit_code == 0
+    words = "white leather high-top sneaker with gum sole, padded collar and waxed laces; "
+    text = (words * (length // len(words) + 1))[:length]
+    result = runner.invoke(app, ["search", "--text", text, "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and len(result.stdout.splitlines()) == 2
+    [note] = result.stderr.splitlines()
+    assert note.startswith("note: query truncated: ") and "the CLIP text model reads only the first 77" in note
+    as_json = runner.invoke(app, ["search", "--text", text, "--top-k", "2", "--json"])
+    report = json.loads(as_json.stdout)
+    assert report["query"]["truncated"] is True and len(report["hits"]) == 2
+    short = runner.invoke(app, ["search", "--text", "white sneaker", "--top-k", "2", "--json"])
+    assert json.loads(short.stdout)["query"]["truncated"] is False and short.stderr == ""
