@@ -232,8 +232,7 @@ def _reduce(img: Image.Image, max_side: int | None) -> Image.Image:
         wide = img.convert("I")
         wide.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         return wide.convert("I;16")  # back to 16 bits, so `to_rgb` scales it as 16-bit
-    else:
-        img = img.copy()  # thumbnail works in place; keep the decoded file's image untouched
+    # In place: the decoded pixels are dropped as soon as the reduced ones exist (no full-size copy).
     img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return img
 

@@ -28,6 +28,8 @@ from core.store import Store, StoredPoint, check_model
 
 # Past this many points the embedded store builds its HNSW index after an ingest run.
 OPTIMIZE_MIN_POINTS = 20_000
+# Bytes a full-size decode may take per pixel, all told (see IngestService.memory_budget).
+DECODE_BYTES_PER_PIXEL = 8
 
 ProgressFn = Callable[[int, str], None]  # (photos done so far, current photo path)
 
@@ -84,6 +86,23 @@ class IngestService:
         self.head_index = head_index  # core.head_index.HeadIndex: projected vectors kept in step
         self.background_remover = background_remover  # core.background: applied before embedding only
         self._collection_ready = False
+
+    def memory_budget(self) -> int | None:
+        """The most bytes the photos of a run add to the process, above the models' own memory
+        (None: MAX_FILE_MB or DECODE_MAX_SIDE is off, so there is no bound):
+
+        - one full-size decode at a time (the pixel budget): MAX_IMAGE_PIXELS x 8 bytes (Pillow's
+          4 bytes a pixel, a mode conversion, the reduction's intermediate);
+        - the files being read, one per decode worker: workers x MAX_FILE_MB;
+        - two batches of reduced photos (one prepared while the other is processed), at most
+          DECODE_MAX_SIDE² x 4 bytes each; the batch being processed three times over (the photos,
+          their crops, the model's own preprocessing copy).
+        """
+        if self.max_file_bytes is None or not self.decode_max_side:
+            return None
+        photo = min(self.decode_max_side ** 2, self.max_image_pixels) * 4
+        return (self.max_image_pixels * DECODE_BYTES_PER_PIXEL + self.workers * self.max_file_bytes
+                + (1 + 3) * self.batch_size * photo)
 
     # ------------------------------------------------------------------ add
 
