@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Sequence
@@ -181,6 +182,8 @@ class ClipEmbedder:
         self._image_processor = None
         self._dimension: int | None = None
         self._text_limit: int | None = None
+        self._counting_tokenizer = None  # a copy: counting must not flip the model's own truncation settings
+        self._counting_lock = threading.Lock()
         self._crops_centred = False  # does the image processor keep only the centre square?
         self._lock = threading.Lock()
 
@@ -214,6 +217,8 @@ class ClipEmbedder:
             get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
             self._dimension = int(get_dim())
             self._text_limit = _text_token_limit(model)
+            tokenizer = _tokenizer(model)
+            self._counting_tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else None
             self._crops_centred = _processor_centre_crops(model)
             self._model = model
             if device == "cuda":
@@ -288,13 +293,14 @@ class ClipEmbedder:
         end tokens included), counted with the model's own tokenizer."""
         self.load()
         text = clean_query_text(text)
-        tokenizer = _tokenizer(self._model)
+        tokenizer = self._counting_tokenizer
         limit = self._text_limit
         if tokenizer is None or limit is None:
             return QueryText(text, 0, 0, text)
         offsets = bool(getattr(tokenizer, "is_fast", False))
-        encoded = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False,
-                            return_offsets_mapping=offsets)
+        with self._counting_lock:  # a Rust tokenizer refuses concurrent calls that change its settings
+            encoded = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False,
+                                return_offsets_mapping=offsets)
         ids = list(encoded["input_ids"])
         if len(ids) <= limit:
             return QueryText(text, len(ids), limit, text)
@@ -308,5 +314,6 @@ class ClipEmbedder:
             # tokens, so the vector equals the one of the whole query; 100k characters cost nothing.
             text = text[:spans[min(len(ids) - 1 - trailing, leading + keep + 16)][1]]
         else:
-            read = text = tokenizer.decode(ids[leading:leading + keep], skip_special_tokens=True)
+            with self._counting_lock:
+                read = text = tokenizer.decode(ids[leading:leading + keep], skip_special_tokens=True)
         return QueryText(clean_query_text(text), len(ids), limit, " ".join(read.split()))
