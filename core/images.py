@@ -67,13 +67,13 @@ def load_photo(path: Path, max_pixels: int) -> Image.Image:
     photos over `max_pixels` (checked from the header, before decoding the pixels).
     Animated images give their first frame; alpha is composited onto white.
     """
-    return read_photo(path, max_pixels).image
+    return load_photo_scaled(path, max_pixels)[0]
 
 
 def load_photo_scaled(path: Path, max_pixels: int, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """`read_photo` without the hash: (image at most `max_side` long, original upright (width, height))."""
-    photo = read_photo(path, max_pixels, max_side)
-    return photo.image, photo.original_size
+    """`read_photo` without the hash, decoded from the file as Pillow reads it (no copy of the
+    file in memory): (image at most `max_side` long, the original upright (width, height))."""
+    return decode_photo(Path(path), max_pixels, max_side)
 
 
 @dataclass(frozen=True)
@@ -171,14 +171,18 @@ def read_photo(path: Path, max_pixels: int, max_side: int | None = None, *, max_
     return DecodedPhoto(image, original, hashlib.sha256(data).hexdigest())
 
 
-def decode_photo(data: bytes, max_pixels: int, max_side: int | None = None, *, max_aspect_ratio: float | None = None,
+def decode_photo(source: bytes | Path, max_pixels: int, max_side: int | None = None, *,
+                 max_aspect_ratio: float | None = None,
                  budget: PixelBudget | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode a photo file's bytes: (upright RGB at most `max_side` long, original upright size)."""
+    """Decode a photo (a file's bytes, or its path): (upright RGB at most `max_side` long,
+    original upright size)."""
     _let_pillow_open(max_pixels)
     try:
+        if isinstance(source, Path) and source.stat().st_size == 0:
+            raise BadImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _pillow_open()(io.BytesIO(data)) as img:
+            with _pillow_open()(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadImage(
@@ -212,6 +216,8 @@ def decode_photo(data: bytes, max_pixels: int, max_side: int | None = None, *, m
         raise BadImage(f"image too large: {size} (limit MAX_IMAGE_PIXELS={max_pixels:,})") from exc
     except UnidentifiedImageError as exc:
         raise BadImage("not an image Pillow can read (unknown format or corrupt header)") from exc
+    except PermissionError as exc:
+        raise BadImage(f"permission denied: {exc.strerror}") from exc
     except MemoryError as exc:
         raise BadImage("not enough memory to decode this photo") from exc
     except (OSError, SyntaxError, ValueError) as exc:
