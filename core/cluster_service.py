@@ -24,10 +24,11 @@ import numpy as np
 
 from core.clustering import ClusterSettings, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix
 from core.errors import EmptyIndex, ShoeSearchError
+from core.models import GROUP_KEY_PREFIX
 from core.store import Store
 
 TIERS = ("identical", "duplicate", "similar")
-PAYLOAD_KEY = {tier: f"group_{tier}" for tier in TIERS}
+PAYLOAD_KEY = {tier: f"{GROUP_KEY_PREFIX}{tier}" for tier in TIERS}
 FORMATS = ("json", "csv", "folders", "collage")
 # Above this many crops the exact pair search gives way to k-nearest-neighbour candidates.
 EXACT_MAX_ITEMS = 300_000

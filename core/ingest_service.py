@@ -15,18 +15,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.batches import iter_batches
 from core.catalogue import path_text
 from core.detector import Detector
 from core.embedder import Embedder
-from core.errors import BadImage, StoreUnavailable
+from core.errors import BadImage, ShoeSearchError, StoreUnavailable
 from core.ids import point_id
-from core.images import expand_box, file_sha256, load_photo_scaled, save_thumbnail
-from core.models import Detection, FailedPhoto, IngestReport, PhotoSource
+from core.images import PixelBudget, expand_box, file_sha256, read_photo, save_thumbnail
+from core.models import CropPayload, Detection, FailedPhoto, IngestReport, PhotoSource
 from core.store import Store, StoredPoint, check_model
 
 # Past this many points the embedded store builds its HNSW index after an ingest run.
 OPTIMIZE_MIN_POINTS = 20_000
+# Bytes a full-size decode may take per pixel, all told (see IngestService.memory_budget).
+DECODE_BYTES_PER_PIXEL = 8
 
 ProgressFn = Callable[[int, str], None]  # (photos done so far, current photo path)
 
@@ -42,7 +46,7 @@ class _Hashed:
 
     def catalogue_payload(self) -> dict[str, Any]:
         """The payload fields that come from where the file lies, not from its bytes."""
-        return {"photo_path": path_text(self.source.path), "product_id": self.source.product_id, **self.source.extras}
+        return {**self.source.extras, "photo_path": path_text(self.source.path), "product_id": self.source.product_id}
 
 
 class IngestService:
@@ -60,6 +64,8 @@ class IngestService:
         thumbnail_size: int = 256,
         max_image_pixels: int = 80_000_000,
         decode_max_side: int | None = 1600,
+        max_aspect_ratio: float | None = 20.0,
+        max_file_bytes: int | None = 128_000_000,
         workers: int = 2,
         head_index=None,
         background_remover=None,
@@ -73,10 +79,31 @@ class IngestService:
         self.thumbnail_size = thumbnail_size
         self.max_image_pixels = max_image_pixels
         self.decode_max_side = decode_max_side
+        self.max_aspect_ratio = max_aspect_ratio
+        self.max_file_bytes = max_file_bytes
+        # Full-size decodes in flight (all workers) hold at most one MAX_IMAGE_PIXELS photo's pixels.
+        self.decode_budget = PixelBudget(max_image_pixels)
         self.workers = workers
         self.head_index = head_index  # core.head_index.HeadIndex: projected vectors kept in step
         self.background_remover = background_remover  # core.background: applied before embedding only
         self._collection_ready = False
+
+    def memory_budget(self) -> int | None:
+        """The most bytes the photos of a run add to the process, above the models' own memory
+        (None: MAX_FILE_MB or DECODE_MAX_SIDE is off, so there is no bound):
+
+        - one full-size decode at a time (the pixel budget): MAX_IMAGE_PIXELS x 8 bytes (Pillow's
+          4 bytes a pixel, a mode conversion, the reduction's intermediate);
+        - the files being read, one per decode worker: workers x MAX_FILE_MB;
+        - two batches of reduced photos (one prepared while the other is processed), at most
+          DECODE_MAX_SIDE² x 4 bytes each; the batch being processed three times over (the photos,
+          their crops, the model's own preprocessing copy).
+        """
+        if self.max_file_bytes is None or not self.decode_max_side:
+            return None
+        photo = min(self.decode_max_side ** 2, self.max_image_pixels) * 4
+        return (self.max_image_pixels * DECODE_BYTES_PER_PIXEL + self.workers * self.max_file_bytes
+                + (1 + 3) * self.batch_size * photo)
 
     # ------------------------------------------------------------------ add
 
@@ -117,7 +144,11 @@ class IngestService:
 
     def _prepare(self, batch: Sequence[PhotoSource], report: IngestReport,
                  seen_keys: set[tuple[str, str]], pool: ThreadPoolExecutor) -> list:
-        """Hash, skip known photos (updating moved ones), decode the new: [(item, image, original size)]."""
+        """Hash, skip known photos (updating moved ones), decode the new: [(item, image, original size)].
+
+        The decode reads each new file once more and hashes those very bytes: the stored hash is
+        always that of the stored pixels, even when the file was replaced after the first hash.
+        """
         report.photos_seen += len(batch)
         hashed: list[_Hashed] = []
         for source, result in zip(batch, pool.map(_hash_or_error, [s.path for s in batch])):
@@ -152,43 +183,23 @@ class IngestService:
         for item, result in zip(new, decoded):
             if isinstance(result, FailedPhoto):
                 report.photos_failed.append(result)
-            else:
-                photos.append((item, *result))
+                continue
+            if result.sha256 != item.sha256:
+                # Replaced between the two reads: these bytes are what gets stored, under their own
+                # hash (point ids follow the hash, so storing them twice would only overwrite).
+                item = _Hashed(item.source, result.sha256)
+            photos.append((item, result.image, result.original_size))
         return photos
 
     def _store_photos(self, photos: list, report: IngestReport, pool: ThreadPoolExecutor) -> None:
         """Detect, crop, embed, write thumbnails and upsert one prepared batch."""
-        detections = self.detector.detect([img for _, img, _ in photos])
-        crops, payloads = [], []
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for (item, img, (photo_width, photo_height)), found in zip(photos, detections):
-            sx, sy = photo_width / img.width, photo_height / img.height  # decoded at a reduced scale?
-            for index, (crop, detection, box) in enumerate(self._crops(img, found)):
-                pid = point_id(item.source.factory, item.sha256, index)
-                crops.append(crop)
-                original_box = [round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)] \
-                    if box else None
-                payloads.append((pid, {
-                    "factory": item.source.factory,
-                    **item.catalogue_payload(),
-                    "photo_sha256": item.sha256,
-                    "crop_index": index,
-                    "box": original_box,
-                    "detector_class": detection.label if detection else None,
-                    "detector_confidence": round(detection.confidence, 4) if detection else None,
-                    "width": original_box[2] - original_box[0] if original_box else photo_width,
-                    "height": original_box[3] - original_box[1] if original_box else photo_height,
-                    "photo_width": photo_width,
-                    "photo_height": photo_height,
-                    "crop_path": self._thumbnail_relpath(pid),
-                    "model": self.embedder.model_id,
-                    "background": self.background_remover.name if self.background_remover else None,
-                    "ingested_at": now,
-                }))
-
-        # Thumbnails show the crop as photographed; the model sees it without background if asked.
-        to_embed = self.background_remover.remove(crops) if self.background_remover else crops
-        vectors = self.embedder.embed_images(to_embed)
+        parts = self._process_isolated(photos, report)
+        if not parts:
+            return
+        photos = [photo for part in parts for photo in part.photos]
+        crops = [crop for part in parts for crop in part.crops]
+        payloads = [payload for part in parts for payload in part.payloads]
+        vectors = np.vstack([part.vectors for part in parts])
         if not self._collection_ready:
             self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]))
             self._collection_ready = True
@@ -207,6 +218,66 @@ class IngestService:
             return
         report.photos_added += len(photos)
         report.crops_added += len(crops)
+
+    def _process_isolated(self, photos: list, report: IngestReport) -> list[_Processed]:
+        """`_process` the batch; if that fails, each photo alone, so one bad photo (a model error,
+        memory) is reported by itself and never sinks the good photos beside it."""
+        try:
+            return [self._process(photos)]
+        except Exception as exc:
+            if _fatal(exc):
+                raise
+            if len(photos) == 1:
+                report.photos_failed.append(FailedPhoto(path_text(photos[0][0].source.path), _reason(exc)))
+                return []
+        parts = []
+        for photo in photos:
+            try:
+                parts.append(self._process([photo]))
+            except Exception as exc:
+                if _fatal(exc):
+                    raise
+                report.photos_failed.append(FailedPhoto(path_text(photo[0].source.path), _reason(exc)))
+        return parts
+
+    def _process(self, photos: list) -> _Processed:
+        """Detect, crop and embed decoded photos [(item, image, original size)]."""
+        detections = self.detector.detect([img for _, img, _ in photos])
+        crops, payloads = [], []
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for (item, img, (photo_width, photo_height)), found in zip(photos, detections):
+            sx, sy = photo_width / img.width, photo_height / img.height  # decoded at a reduced scale?
+            for index, (crop, detection, box) in enumerate(self._crops(img, found)):
+                pid = point_id(item.source.factory, item.sha256, index)
+                crops.append(crop)
+                original_box = [round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)] \
+                    if box else None
+                computed = CropPayload(
+                    factory=item.source.factory,
+                    product_id=item.source.product_id,
+                    photo_path=path_text(item.source.path),
+                    photo_sha256=item.sha256,
+                    crop_index=index,
+                    box=original_box,
+                    detector_class=detection.label if detection else None,
+                    detector_confidence=round(detection.confidence, 4) if detection else None,
+                    width=original_box[2] - original_box[0] if original_box else photo_width,
+                    height=original_box[3] - original_box[1] if original_box else photo_height,
+                    photo_width=photo_width,
+                    photo_height=photo_height,
+                    crop_path=self._thumbnail_relpath(pid),
+                    model=self.embedder.model_id,
+                    background=self.background_remover.name if self.background_remover else None,
+                    ingested_at=now,
+                )
+                payloads.append((pid, computed.to_payload(item.source.extras)))
+
+        # Thumbnails show the crop as photographed; the model sees it without background if asked.
+        to_embed = self.background_remover.remove(crops) if self.background_remover else crops
+        vectors = self.embedder.embed_images(to_embed)
+        if len(vectors) != len(crops):
+            raise RuntimeError(f"the embedder returned {len(vectors)} vectors for {len(crops)} crops")
+        return _Processed(photos, crops, payloads, vectors)
 
     def _crops(self, img, found: list[Detection]):
         """(crop image, detection or None, box or None) for each shoe; the whole photo if none."""
@@ -228,7 +299,8 @@ class IngestService:
 
     def _decode_or_error(self, path: Path):
         try:
-            return load_photo_scaled(path, self.max_image_pixels, self.decode_max_side)
+            return read_photo(path, self.max_image_pixels, self.decode_max_side, max_aspect_ratio=self.max_aspect_ratio,
+                              max_bytes=self.max_file_bytes, budget=self.decode_budget)
         except BadImage as exc:
             return FailedPhoto(path_text(path), str(exc))
 
@@ -294,6 +366,30 @@ class IngestService:
         for point in points:
             if point.payload.get("crop_path"):
                 (self.data_dir / point.payload["crop_path"]).unlink(missing_ok=True)
+
+
+@dataclass
+class _Processed:
+    """Photos that went through detection and embedding, with their crops' payloads and vectors."""
+
+    photos: list
+    crops: list
+    payloads: list[tuple[str, dict[str, Any]]]
+    vectors: np.ndarray
+
+
+def _fatal(exc: BaseException) -> bool:
+    """Errors that stop the run rather than one photo: a model or the store is unusable, a
+    schema mismatch (each comes with its own one-line message)."""
+    return isinstance(exc, ShoeSearchError) and not isinstance(exc, BadImage)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the report: why this photo could not be processed."""
+    if isinstance(exc, MemoryError):
+        return "cannot process: not enough memory for this photo"
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"cannot process: {type(exc).__name__}" + (f": {text}" if text else "")
 
 
 def _hash_or_error(path: Path) -> str | FailedPhoto:

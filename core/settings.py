@@ -46,7 +46,12 @@ class Settings(BaseSettings):
     background_model: str = Field("u2net", description="rembg model name.")
     projection_head: str = Field("", description="A head saved by `ingest tune`: photo queries use it; text stays raw.")
     max_image_pixels: int = Field(80_000_000, ge=1, description="Larger photos are refused (decompression bombs).")
-    decode_max_side: int = Field(1600, ge=0, description="JPEGs larger than this decode at 1/2-1/8 scale; 0 = full.")
+    max_aspect_ratio: float = Field(20.0, ge=1.0, description="Photos whose long side exceeds this many short sides "
+                                    "are refused (a 200000x1 strip is no product photo).")
+    max_file_mb: float = Field(128, gt=0, description="Larger photo files are refused (each is read into memory "
+                               "once, so its hash and its pixels come from the same bytes).")
+    decode_max_side: int = Field(1600, ge=0, description="Photos are reduced to this longest side right after decoding "
+                                 "(JPEGs decode at 1/2-1/8 scale first); 0 = full size.")
     thumbnail_size: int = Field(256, ge=32, description="Longest side of the stored crop thumbnails.")
 
     ui_host: str = Field("127.0.0.1", description="Address the search UI binds; 0.0.0.0 exposes it to the network.")

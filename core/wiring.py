@@ -78,6 +78,8 @@ def ingest_service(settings: Settings, store: Store, head_index=None) -> IngestS
         thumbnail_size=settings.thumbnail_size,
         max_image_pixels=settings.max_image_pixels,
         decode_max_side=settings.decode_max_side or None,
+        max_aspect_ratio=settings.max_aspect_ratio,
+        max_file_bytes=int(settings.max_file_mb * 1e6),
         head_index=head_index,
         background_remover=build_remover(settings.background_removal, settings.background_model),
     )

@@ -278,7 +278,9 @@ def search(
         service = search_service(settings, store, head)
         if text is not None:
             hits = service.search_text(text, where=where, top_k=top_k, min_score=min_score)
-            query: dict[str, Any] = {"text": text}
+            query: dict[str, Any] = {"text": text, "truncated": hits.truncated}
+            if hits.truncated:
+                typer.echo(f"note: {hits.notice}", err=True)
         else:
             photo = load_photo(image, settings.max_image_pixels)
             crop = service.query_crops(photo)[-1 if whole else 0]

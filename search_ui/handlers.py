@@ -172,14 +172,14 @@ class Handlers:
     def _results(self, run: Callable[[int], list[Hit]], top_k: int, one_per_product: bool, what: str) -> Results:
         top_k = max(1, min(int(top_k), 200))
         try:
-            if one_per_product:
-                hits = best_per_product(run(min(1000, top_k * OVERFETCH)), top_k)
-            else:
-                hits = run(top_k)
+            found = run(min(1000, top_k * OVERFETCH) if one_per_product else top_k)
+            hits = best_per_product(found, top_k) if one_per_product else found
         except ShoeSearchError as exc:
             return Results([], [], f"⚠️ {exc}")
         gallery = [(self._thumbnail(h), self._caption(h)) for h in hits]
         status = f"{len(hits)} results for {what}" if hits else f"No results for {what}: loosen the filters or the minimum similarity."
+        if getattr(found, "notice", ""):  # a text query longer than the model reads
+            status += f"\n\n⚠️ {_md_escape(found.notice)}"
         return Results(gallery, [_record(h) for h in hits], status)
 
     def search_text(self, text: str, factories: Sequence[str] | None = None, product: str = "",
