@@ -80,14 +80,27 @@ def _export(clip, image_processor, target: Path, quantize_dynamic, quant_type) -
         height = getattr(size, "height", None) or size["height"]
         width = getattr(size, "width", None) or size["width"]
     tower = ImageTower(clip).float().eval()
-    with tempfile.TemporaryDirectory() as tmp:
+    import logging
+    import warnings
+
+    # A one-time export: the tracer's and the quantizer's advice is for model authors, not users.
+    def not_advice(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(not_advice)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         fp32 = Path(tmp) / "image.onnx"
         with torch.no_grad():
             torch.onnx.export(tower, (torch.zeros(2, 3, height, width),), str(fp32), input_names=["pixel_values"],
                               output_names=["image_embeds"], opset_version=17, dynamo=False,
                               dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}})
         partial = target.with_suffix(".partial")
-        quantize_dynamic(str(fp32), str(partial), weight_type=quant_type.QInt8)
+        try:
+            quantize_dynamic(str(fp32), str(partial), weight_type=quant_type.QInt8)
+        finally:
+            root.removeFilter(not_advice)
         partial.replace(target)  # a killed export never leaves a half-written model
 
 
