@@ -33,3 +33,11 @@ class BadImage(ShoeSearchError):
 
 class ManifestError(ShoeSearchError):
     """A manifest CSV is malformed; the message names the line."""
+
+
+class DiskFull(ShoeSearchError):
+    """Less free space than MIN_FREE_DISK_MB where a write would go: stopped before writing."""
+
+
+class ReadOnlyData(ShoeSearchError):
+    """DATA_DIR (or the store in it) cannot be written: reads work, writes are refused."""

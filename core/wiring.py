@@ -15,7 +15,7 @@ def open_store(settings: Settings) -> Store:
     """The server store when QDRANT_URL is set, else the embedded store (locked) under DATA_DIR."""
     if settings.qdrant_url:
         return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
-    return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection)
+    return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection, settings.min_free_disk_mb)
 
 
 def build_embedder(settings: Settings) -> ClipEmbedder:
@@ -55,7 +55,7 @@ def open_head_index(settings: Settings, store: Store):
     if isinstance(store, QdrantClientStore):
         head_store = QdrantClientStore(store.client, name, store.location)
     else:
-        head_store = EdgeStore(settings.embedded_store_dir, name)
+        head_store = EdgeStore(settings.embedded_store_dir, name, settings.min_free_disk_mb)
     index = HeadIndex(head, head_store)
     info = store.info()
     if info is not None:
@@ -76,6 +76,7 @@ def ingest_service(settings: Settings, store: Store, head_index=None) -> IngestS
         decode_max_side=settings.decode_max_side or None,
         head_index=head_index,
         background_remover=build_remover(settings.background_removal, settings.background_model),
+        min_free_mb=settings.min_free_disk_mb,
     )
 
 

@@ -48,6 +48,13 @@ def _user_errors():
         yield
     except ShoeSearchError as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # a full disk or an unwritable output path: one line too
+        from core.diskspace import write_error
+
+        error = write_error(exc)
+        if error is None:
+            raise
+        raise _fail(str(error)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; rerun the same command to continue where it stopped", 130) from None
 
