@@ -36,7 +36,7 @@ def require_free_space(path: Path, min_free_mb: int, doing: str, extra_mb: float
     if free < min_free_mb + extra_mb:
         need = f"{min_free_mb} MB" + (f" + {extra_mb:.0f} MB for this step" if extra_mb else "")
         raise DiskFull(
-            f"only {free:.1f} MB free on the disk of {path}, below MIN_FREE_DISK_MB ({need}): stopped before "
+            f"only {int(free * 10) / 10:.1f} MB free on the disk of {path}, below MIN_FREE_DISK_MB ({need}): stopped before "
             f"{doing}. Free some space (or lower MIN_FREE_DISK_MB), then rerun the same command.")
 
 
