@@ -2,6 +2,12 @@
 
 The service takes its parts as arguments (store, embedder, detector), so tests can pass
 tiny real models or a fake detector, and the CLI and the UI share one code path.
+
+Each batch is written in an order where the last step commits it: thumbnails, then the head's
+points, then the points (a point present means its thumbnail and head point are there); a
+removal deletes head points, then points, then thumbnails. Both steps are recorded first in a
+journal (`core.journal`): the next `add` or `remove` replays what a killed run left, undoing an
+uncommitted batch (its thumbnails and head points) and finishing a removal.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from core.batches import iter_batches
 from core.catalogue import path_text
 from core.detector import Detector
 from core.embedder import Embedder
-from core.errors import BadImage, ShoeSearchError, StoreUnavailable
+from core.diskspace import DEFAULT_MIN_FREE_MB, require_free_space, writing
+from core.errors import BadImage, DiskFull, ShoeSearchError, StoreUnavailable
 from core.ids import point_id
 from core.images import PixelBudget, expand_box, file_sha256, read_photo, save_thumbnail
+from core.journal import Journal, crash_point
 from core.models import CropPayload, Detection, FailedPhoto, IngestReport, PhotoSource
 from core.store import Store, StoredPoint, check_model
 
@@ -69,6 +77,7 @@ class IngestService:
         workers: int = 2,
         head_index=None,
         background_remover=None,
+        min_free_mb: int = DEFAULT_MIN_FREE_MB,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -86,6 +95,8 @@ class IngestService:
         self.workers = workers
         self.head_index = head_index  # core.head_index.HeadIndex: projected vectors kept in step
         self.background_remover = background_remover  # core.background: applied before embedding only
+        self.min_free_mb = min_free_mb
+        self.journal = Journal(self.data_dir / "journal" / store.collection)
         self._collection_ready = False
 
     def memory_budget(self) -> int | None:
@@ -115,18 +126,23 @@ class IngestService:
         if info is not None:
             # Before any model loads: refuse to mix embedding spaces.
             check_model(info, self.store.collection, self.store.location, self.embedder.model_id, None)
+        self.recover()
         seen_keys: set[tuple[str, str]] = set()
         done = 0
         # Two stages: while the models work on one batch, the next is hashed, looked up and decoded.
-        with ThreadPoolExecutor(max_workers=self.workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-            pending = None
-            for batch in iter_batches(sources, self.batch_size):
-                prepared = ahead.submit(self._prepare, batch, report, seen_keys, pool)
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+                pending = None
+                for batch in iter_batches(sources, self.batch_size):
+                    prepared = ahead.submit(self._prepare, batch, report, seen_keys, pool)
+                    if pending is not None:
+                        done += self._finish(pending, report, pool, progress, done)
+                    pending = (prepared, batch)
                 if pending is not None:
-                    done += self._finish(pending, report, pool, progress, done)
-                pending = (prepared, batch)
-            if pending is not None:
-                self._finish(pending, report, pool, progress, done)
+                    self._finish(pending, report, pool, progress, done)
+        except DiskFull as exc:  # everything counted as added is stored; the rest waits for a rerun
+            raise DiskFull(f"{exc} ({report.photos_added} photos were added before it stopped; the rerun "
+                           f"adds the rest.)") from None
         if report.crops_added and self.store.count() >= OPTIMIZE_MIN_POINTS:
             self.store.optimize()
         report.seconds = time.perf_counter() - started
@@ -203,15 +219,22 @@ class IngestService:
         if not self._collection_ready:
             self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]))
             self._collection_ready = True
-        list(pool.map(lambda pair: save_thumbnail(pair[0], self.data_dir / pair[1][1]["crop_path"],
-                                                  self.thumbnail_size), zip(crops, payloads)))
+        self._check_space("writing this batch's thumbnails")
+        points = [StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)]
         try:
             # A photo edited in place (same path, new bytes): its old crops are stale.
             self._drop_replaced([item for item, _, _ in photos])
-            points = [StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)]
-            self.store.upsert(points)
-            if self.head_index is not None:
-                self.head_index.upsert(points)
+            with self._intent("add", points):
+                crash_point("add.journaled")
+                with writing(self.data_dir, "writing thumbnails"):
+                    list(pool.map(lambda pair: save_thumbnail(pair[0], self.data_dir / pair[1][1]["crop_path"],
+                                                              self.thumbnail_size), zip(crops, payloads)))
+                crash_point("add.after_thumbnails")
+                if self.head_index is not None:
+                    self.head_index.upsert(points)
+                crash_point("add.after_head")
+                self.store.upsert(points)  # the commit: a stored point has its thumbnail and head point
+                crash_point("add.after_main")
         except StoreUnavailable as exc:  # after the store's own retries: report, never drop silently
             report.photos_failed += [FailedPhoto(path_text(item.source.path), f"not stored: {exc}")
                                      for item, _, _ in photos]
@@ -354,18 +377,67 @@ class IngestService:
 
     def remove(self, points: Sequence[StoredPoint]) -> int:
         """Delete `points` (from `find`) and their thumbnails. Returns how many were deleted."""
+        self.recover()
         self._delete_points(points)
         return len(points)
 
     def _delete_points(self, points: Sequence[StoredPoint]) -> None:
         if not points:
             return
-        self.store.delete([p.id for p in points])
+        with self._intent("remove", points):
+            crash_point("remove.journaled")
+            self._delete_steps([p.id for p in points], [p.payload.get("crop_path") for p in points])
+
+    def _delete_steps(self, ids: list[str], thumbnails: list[str | None]) -> None:
+        """Head points, then points, then thumbnails: a photo search never finds a removed photo,
+        and a rerun of `remove` still finds what is left to remove."""
         if self.head_index is not None:
-            self.head_index.store.delete([p.id for p in points])
-        for point in points:
-            if point.payload.get("crop_path"):
-                (self.data_dir / point.payload["crop_path"]).unlink(missing_ok=True)
+            self.head_index.store.delete(ids)
+        crash_point("remove.after_head")
+        self.store.delete(ids)
+        crash_point("remove.after_main")
+        with writing(self.data_dir, "deleting thumbnails"):
+            for relpath in thumbnails:
+                if relpath:
+                    (self.data_dir / relpath).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ crash recovery
+
+    def _intent(self, op: str, points: Sequence[StoredPoint]):
+        """Record the ids and thumbnails of a multi-step write before it starts (see module doc)."""
+        return self.journal.intent(op, ids=[p.id for p in points],
+                                   thumbnails=[p.payload.get("crop_path") for p in points])
+
+    def _check_space(self, doing: str) -> None:
+        self.store.check_writable(doing)
+        if self.head_index is not None:
+            self.head_index.store.check_writable(doing)
+        require_free_space(self.data_dir, self.min_free_mb, doing)
+
+    def recover(self) -> int:
+        """Replay what killed runs left in the journal: a batch of `add` that was not committed
+        (its points are absent) loses its thumbnails and head points, a committed one gets any
+        missing head point; a `remove` is finished. Returns how many records were replayed."""
+        self._check_space("writing to the index")
+        replayed = 0
+        with writing(self.data_dir, "replaying the journal"):
+            for record in self.journal.pending():
+                ids, thumbnails = list(record.get("ids", [])), list(record.get("thumbnails", []))
+                if record.get("op") == "remove":
+                    self._delete_steps(ids, thumbnails)
+                elif record.get("op") == "add":
+                    stored = self.store.retrieve(ids, with_vectors=self.head_index is not None)
+                    present = {p.id for p in stored}
+                    absent = [pid for pid in ids if pid not in present]
+                    if self.head_index is not None:
+                        self.head_index.store.delete(absent)
+                        self.head_index.upsert(stored)
+                    with writing(self.data_dir, "deleting thumbnails"):
+                        for pid, relpath in zip(ids, thumbnails):
+                            if relpath and pid not in present:
+                                (self.data_dir / relpath).unlink(missing_ok=True)
+                replayed += 1
+        return replayed
 
 
 @dataclass

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     data_dir: Path = Field(Path("./data"), description="Embedded store, thumbnails and reports live here.")
+    min_free_disk_mb: int = Field(
+        100, ge=0, description="Writes stop (one line, exit 1) when DATA_DIR's disk has less free space: the "
+                               "embedded store maps its files into memory and dies by SIGBUS on a full disk.")
     qdrant_url: str = Field("", description="Qdrant server URL; empty means the embedded store under DATA_DIR.")
     qdrant_api_key: str = Field("", description="API key for the Qdrant server (if it requires one).")
     qdrant_collection: str = Field("shoes", description="Collection (embedded: shard folder) name.")

@@ -3,7 +3,9 @@
 One contract (`Store`), two backends:
 - `EdgeStore`: Qdrant's own engine in process (qdrant-edge-py), the embedded default under
   DATA_DIR. Edge has no lock of its own and a second process opening a live shard breaks it,
-  so the store holds an exclusive file lock for as long as it is open.
+  so the store holds an exclusive file lock for as long as it is open. Edge maps its files into
+  memory: on a full disk a write dies by SIGBUS, so each write first checks MIN_FREE_DISK_MB;
+  Edge cannot open read-only files, so a read-only store is read from a private copy.
 - `QdrantClientStore`: qdrant-client against a Qdrant server (`QDRANT_URL`), or against
   qdrant-client's local mode (same API, used by the tests).
 
@@ -20,10 +22,13 @@ hits), so filtered results equal a brute-force scan.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -35,7 +40,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.errors import SchemaMismatch, StoreLocked, StoreUnavailable
+from core.diskspace import DEFAULT_MIN_FREE_MB, free_mb, is_read_only_error, require_free_space
+from core.errors import DiskFull, ReadOnlyData, SchemaMismatch, StoreLocked, StoreUnavailable
 from core.models import Hit
 
 VECTOR_NAME = "clip"
@@ -94,6 +100,10 @@ class Store(Protocol):
     def count(self, where: Where | None = None) -> int: ...
     def facet(self, key: str, where: Where | None = None) -> dict[str, int]: ...
     def optimize(self) -> None: ...
+    def check_writable(self, doing: str = "writing to the index") -> None:
+        """Raise ReadOnlyData or DiskFull now if writes would be refused (fail before the work);
+        `doing` names the write in the message."""
+        ...
     def close(self) -> None: ...
 
 
@@ -156,8 +166,9 @@ class _ProcessLock:
             os.close(self._fd)
             self._fd = -1
             raise
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()} ({' '.join(Path(a).name for a in sys.argv[:2])})".encode(), 0)
+        with contextlib.suppress(OSError):  # who holds it is a courtesy: a full disk must not stop reads
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()} ({' '.join(Path(a).name for a in sys.argv[:2])})".encode(), 0)
 
     def _acquire(self, what: str, wait: float, on_wait) -> None:
         deadline = time.monotonic() + max(0.0, wait)
@@ -197,10 +208,72 @@ class _ProcessLock:
             self._fd = -1
 
 
-class EdgeStore:
-    """The embedded store: one Qdrant Edge shard per collection under `directory`."""
+class _ReadLock:
+    """A shared flock on an existing lock file, for reading a store we cannot write: it waits
+    for no one, but a writer (who wants it exclusive) cannot start while we read."""
 
-    def __init__(self, directory: Path, collection: str, lock_wait: float = 0.0, on_wait=None) -> None:
+    def __init__(self, path: Path, what: str) -> None:
+        self._fd = -1
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file in a folder nobody may write: nobody writes there
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(self._fd)
+            raise StoreLocked(f"The embedded store {what} is in use by process {holder}. Wait for it to "
+                              f"finish (or stop it).") from None
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _copy_sparse(source: Path, target: Path) -> None:
+    """Copy a folder tree keeping holes as holes (Edge's files are mostly unwritten space)."""
+    for root, _, files in os.walk(source):
+        folder = target / Path(root).relative_to(source)
+        folder.mkdir(parents=True, exist_ok=True)  # writable, whatever the source's mode
+        for name in files:
+            with open(Path(root) / name, "rb") as src, open(folder / name, "wb") as dst:
+                size = os.fstat(src.fileno()).st_size
+                offset = 0
+                while offset < size:
+                    try:
+                        start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+                    except OSError as exc:
+                        if exc.errno == errno.ENXIO:  # only a hole is left
+                            break
+                        raise
+                    end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+                    src.seek(start)
+                    dst.seek(start)
+                    while start < end:
+                        chunk = src.read(min(end - start, 1 << 20))
+                        if not chunk:
+                            break
+                        dst.write(chunk)
+                        start += len(chunk)
+                    offset = end
+                dst.truncate(size)
+
+
+class EdgeStore:
+    """The embedded store: one Qdrant Edge shard per collection under `directory`.
+
+    Writes stop with DiskFull while the disk has less than `min_free_mb` MB free. Edge writes
+    even to open a shard (it replays its log into mapped files), so two cases read a private copy
+    in the temporary folder (TMPDIR) and refuse writes: a folder this process cannot write
+    (`read_only`; writes raise ReadOnlyData) and a disk below the margin (writes raise DiskFull;
+    if the copy finds no room either, the shard is opened in place, which works unless a write
+    killed on that full disk left a log to replay).
+    """
+
+    def __init__(self, directory: Path, collection: str, min_free_mb: int = DEFAULT_MIN_FREE_MB,
+                 lock_wait: float = 0.0, on_wait=None) -> None:
         """`lock_wait`: seconds to wait for another process's lock on this store (0: fail at once);
         `on_wait(holder, seconds)` is told when that waiting starts (the CLI prints it)."""
         import qdrant_edge  # noqa: F401  (fail here, clearly, if the package is missing)
@@ -210,25 +283,63 @@ class EdgeStore:
         self.shard_dir = self.directory / collection
         self.meta_path = self.directory / f"{collection}.json"
         self.location = f"embedded store {self.shard_dir}"
+        self.min_free_mb = min_free_mb
+        self.read_only = False
+        self._copy: Path | None = None  # the private copy a read-only or full-disk store is read from
         self._lock = threading.RLock()
         self._info: CollectionInfo | None = None  # the record never changes once written
-        self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
-                                          wait=lock_wait, on_wait=on_wait)
+        try:
+            self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
+                                              wait=lock_wait, on_wait=on_wait)
+        except OSError as exc:
+            if not is_read_only_error(exc):
+                raise
+            self.read_only = True
+            self._process_lock = _ReadLock(self.directory / f"{collection}.lock", str(self.shard_dir))
         self._shard = None
         try:
             if self.meta_path.exists():
-                self._shard = self._load()
+                self._shard = self._load(copy=self.read_only or free_mb(self.directory) < min_free_mb)
         except BaseException:
+            self._discard_copy()
             self._process_lock.release()
             raise
 
-    def _load(self):
+    def _load(self, copy: bool):
         from qdrant_edge import EdgeShard
 
+        path = self.shard_dir
+        if copy:
+            try:
+                self._copy = Path(tempfile.mkdtemp(prefix=f"shoe-search-readonly-{self.collection}-"))
+                _copy_sparse(self.shard_dir, self._copy / self.collection)
+                path = self._copy / self.collection
+            except OSError as exc:
+                self._discard_copy()
+                if self.read_only:
+                    raise StoreUnavailable(
+                        f"The {self.location} is read-only, and copying it to the temporary folder to read it "
+                        f"failed ({exc.strerror or exc}): make it writable, or set TMPDIR to a folder with room "
+                        f"for it.") from exc
         try:
-            return EdgeShard.load(str(self.shard_dir))
+            return EdgeShard.load(str(path))
         except Exception as exc:
             raise StoreUnavailable(f"Cannot open the embedded store {self.shard_dir}: {exc}") from exc
+
+    def _discard_copy(self) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
+
+    def check_writable(self, doing: str = "writing to the index", extra_mb: float = 0) -> None:
+        if self.read_only:
+            raise ReadOnlyData(f"The {self.location} is read-only for this user: searches and stats work, "
+                               f"{doing} does not. Make DATA_DIR writable to change the index.")
+        require_free_space(self.directory, self.min_free_mb, doing, extra_mb)
+        if self._copy is not None:  # opened on a full disk, and space was freed since: writes need a reopen
+            raise DiskFull(f"The disk of {self.directory} was below MIN_FREE_DISK_MB ({self.min_free_mb} MB) "
+                           f"when the index was opened, so it was opened for reading only: stopped before "
+                           f"{doing}. Rerun the command.")
 
     def info(self) -> CollectionInfo | None:
         if self._info is None and self.meta_path.exists():  # read once, not on every query
@@ -244,6 +355,7 @@ class EdgeStore:
             if info is not None:
                 check_model(info, self.collection, self.location, model, dimension)
                 return info
+            self.check_writable("creating the collection")
             config = EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=dimension, distance=Distance.Cosine)})
             if self.shard_dir.exists() and any(self.shard_dir.iterdir()):
                 # A shard without its record: left by a run killed between the two writes.
@@ -284,6 +396,7 @@ class EdgeStore:
         if not points:
             return
         with self._lock:
+            self.check_writable(f"storing {len(points)} points")
             self._require().update(UpdateOperation.upsert_points(
                 [Point(p.id, {VECTOR_NAME: _vector_list(p.vector)}, p.payload) for p in points]
             ))
@@ -300,6 +413,7 @@ class EdgeStore:
 
         if ids:
             with self._lock:
+                self.check_writable(f"updating {len(ids)} payloads")
                 self._require().update(UpdateOperation.set_payload(list(ids), payload))
 
     def delete(self, ids: Sequence[str]) -> None:
@@ -307,6 +421,7 @@ class EdgeStore:
 
         if ids and self._shard is not None:
             with self._lock:
+                self.check_writable(f"deleting {len(ids)} points")
                 self._shard.update(UpdateOperation.delete_points(list(ids)))
 
     def query(self, vector, where=None, limit=10, score_threshold=None, exact=None) -> list[Hit]:
@@ -368,6 +483,9 @@ class EdgeStore:
         """Build the HNSW index (unfiltered queries); blocking."""
         if self._shard is not None:
             with self._lock:
+                # Optimizing writes a new copy of the segment before it drops the old one.
+                size_mb = sum(f.stat().st_blocks * 512 for f in self.shard_dir.rglob("*") if f.is_file()) / 2**20
+                self.check_writable("building the search index", extra_mb=size_mb)
                 self._shard.optimize()
                 self._shard.flush()
 
@@ -377,6 +495,7 @@ class EdgeStore:
                 self._shard.flush()
                 self._shard.close()
                 self._shard = None
+            self._discard_copy()
             self._process_lock.release()
 
 
@@ -575,6 +694,9 @@ class QdrantClientStore:
 
     def optimize(self) -> None:
         """A server builds its indexes by itself."""
+
+    def check_writable(self, doing: str = "writing to the index", extra_mb: float = 0) -> None:
+        """A server manages its own disk and answers a refused write with an error."""
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -18,7 +18,7 @@ def open_store(settings: Settings, on_wait=None) -> Store:
     hears when that starts."""
     if settings.qdrant_url:
         return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
-    return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection,
+    return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection, settings.min_free_disk_mb,
                      lock_wait=settings.store_lock_wait, on_wait=on_wait)
 
 
@@ -59,7 +59,8 @@ def open_head_index(settings: Settings, store: Store):
     if isinstance(store, QdrantClientStore):
         head_store = QdrantClientStore(store.client, name, store.location)
     else:
-        head_store = EdgeStore(settings.embedded_store_dir, name, lock_wait=settings.store_lock_wait)
+        head_store = EdgeStore(settings.embedded_store_dir, name, settings.min_free_disk_mb,
+                               lock_wait=settings.store_lock_wait)
     index = HeadIndex(head, head_store)
     info = store.info()
     if info is not None:
@@ -82,6 +83,7 @@ def ingest_service(settings: Settings, store: Store, head_index=None) -> IngestS
         max_file_bytes=int(settings.max_file_mb * 1e6),
         head_index=head_index,
         background_remover=build_remover(settings.background_removal, settings.background_model),
+        min_free_mb=settings.min_free_disk_mb,
     )
 
 

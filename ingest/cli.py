@@ -65,6 +65,13 @@ def _user_errors(as_json: bool = False):
         yield
     except ShoeSearchError as exc:
         raise _fail(str(exc), as_json=as_json) from None
+    except OSError as exc:  # a full disk or an unwritable output path: one line too
+        from core.diskspace import write_error
+
+        error = write_error(exc)
+        if error is None:
+            raise
+        raise _fail(str(error), as_json=as_json) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; rerun the same command to continue where it stopped", 130, as_json) from None
 
