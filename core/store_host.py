@@ -419,7 +419,13 @@ def find_host(directory: Path, collection: str) -> HostRecord | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None  # none, unreadable (another user's), or half written
     if data.get("protocol") != PROTOCOL or _lock_holder_pid(directory, collection) != record.pid:
-        return None  # left by a holder that died, or the lock is now someone else's
+        return None  # the lock is someone else's now
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return None  # left by a holder that was killed
+    except PermissionError:
+        pass  # alive, another user's (its token file is unreadable here anyway)
     return record
 
 
@@ -503,8 +509,11 @@ class HostLink:
         # The stream ended without its end mark: the holder stopped halfway; never a silent partial read.
         raise StoreUnavailable(f"{self.what} stopped in the middle of a scroll; rerun the command.")
 
-    def take_lease(self, location: str, wait: float, on_wait: Callable[[str, float], None] | None) -> None:
-        """Hold the holder's write lock until `close()`; waits up to `wait` seconds if it is busy."""
+    def take_lease(self, location: str, wait: float, on_wait: Callable[[str, float], None] | None,
+                   said_wait: float | None = None) -> None:
+        """Hold the holder's write lock until `close()`; waits up to `wait` seconds if it is busy
+        (`said_wait`: the wait the user asked for, when part of it was spent already)."""
+        said = wait if said_wait is None else said_wait
         if self.lease_id is not None:
             return
         try:
@@ -523,14 +532,14 @@ class HostLink:
                     continue
                 data = json.loads(line)
                 if "busy" in data and wait > 0 and on_wait is not None:
-                    on_wait(str(data.get("holder", "?")), wait)
+                    on_wait(str(data.get("holder", "?")), said)
                 if "granted" in data:
                     self.lease_id = str(data["granted"])
                     self._lease_stream = (stream, lines)
                     return
                 if "timeout" in data:
                     raise StoreLocked(
-                        f"The {location} is still busy after waiting {wait:g}s: {data['timeout']}. "
+                        f"The {location} is still busy after waiting {said:g}s: {data['timeout']}. "
                         f"Wait longer (--wait SECONDS or STORE_LOCK_WAIT)." if wait > 0 else
                         f"The {location} is busy: {data['timeout']}. Wait for it to finish "
                         f"(--wait SECONDS or STORE_LOCK_WAIT waits for it).")
@@ -564,7 +573,7 @@ class RemoteStore:
 
     @classmethod
     def connect(cls, host: HostRecord, collection: str, write: bool = False, wait: float = 0.0,
-                on_wait=None, link: HostLink | None = None) -> RemoteStore:
+                on_wait=None, link: HostLink | None = None, said_wait: float | None = None) -> RemoteStore:
         """Reach `collection` on `host` (reusing `link` when it goes to the same holder); with
         `write`, take the write lease first."""
         owns = link is None or link.host != host
@@ -577,7 +586,7 @@ class RemoteStore:
                                        f"(it serves {', '.join(sorted(served)) or 'none'}): use the same "
                                        f"QDRANT_COLLECTION and PROJECTION_HEAD as the UI, or stop it.")
             if write:
-                link.take_lease(served[collection], wait, on_wait)
+                link.take_lease(served[collection], wait, on_wait, said_wait)
         except BaseException:
             if owns:
                 link.close()
@@ -658,4 +667,5 @@ def open_embedded(directory: Path, collection: str, wait: float = 0.0, on_wait=N
     except _Served as served:
         left = max(0.0, wait - (time.monotonic() - started))
         link = beside.link if isinstance(beside, RemoteStore) else None
-        return RemoteStore.connect(served.host, collection, write=write, wait=left, on_wait=on_wait, link=link)
+        return RemoteStore.connect(served.host, collection, write=write, wait=left, on_wait=on_wait, link=link,
+                                   said_wait=wait)
