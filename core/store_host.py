@@ -308,6 +308,11 @@ class StoreHost:
 
         return StreamingResponse(events(), media_type="application/x-ndjson")
 
+    def remote_writer(self) -> str | None:
+        """The command holding the write lease, in words ("process 123 (ingest add)"), or None."""
+        lease = self._lease
+        return None if lease is None else f"`ingest` command process {lease[1]}"
+
     def _holder_text(self) -> str:
         lease = self._lease
         return lease[1] if lease is not None else f"{os.getpid()} ({self.name})"
@@ -669,3 +674,8 @@ def open_embedded(directory: Path, collection: str, wait: float = 0.0, on_wait=N
         link = beside.link if isinstance(beside, RemoteStore) else None
         return RemoteStore.connect(served.host, collection, write=write, wait=left, on_wait=on_wait, link=link,
                                    said_wait=wait)
+
+
+def is_remote(store: Store) -> bool:
+    """Whether `store` is reached through the process that holds it."""
+    return isinstance(store, RemoteStore)

@@ -323,11 +323,17 @@ def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
     starting and failing every search.
     """
     from core.search_service import SearchService
+    from core.errors import StoreLocked
     from core.store import check_model
+    from core.store_host import is_remote
     from core.wiring import ingest_service, open_head_index, open_store
     from search_ui.handlers import Handlers
 
     store = open_store(settings)
+    if is_remote(store):  # another search-ui holds and serves this store
+        store.close()
+        raise StoreLocked(f"The {store.location} is already served by {store.link.what}: use that one, "
+                          f"or stop it first.")
     try:
         head = open_head_index(settings, store)
         ingest = ingest_service(settings, store, head)
@@ -406,6 +412,7 @@ def serve_store(settings: "Settings", handlers: "Handlers", demo: "gr.Blocks"):
         return None
     # The UI's own write lock: uploads, duplicate searches and CLI writes take turns; searches go on.
     host = StoreHost(stores, handlers._ingest_lock, settings.ui_host)
+    handlers.writer_elsewhere = host.remote_writer  # the page says so rather than wait for a long CLI run
     return host.mount(demo.app, demo.server_port)
 
 
