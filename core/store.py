@@ -152,16 +152,18 @@ class _ProcessLock:
     The kernel drops a flock when its process dies (even by kill -9), so a crash never
     leaves the store locked. With `wait` > 0 a busy lock is retried for that many seconds
     (`on_wait(holder, wait)` is called once, when waiting starts) before giving up.
+    `while_busy()` is called each time the lock is found busy; it may raise to stop trying
+    (core/store_host.py raises when the holder serves the store to other processes).
     """
 
     poll_seconds = 0.1
 
-    def __init__(self, path: Path, what: str, wait: float = 0.0, on_wait=None) -> None:
+    def __init__(self, path: Path, what: str, wait: float = 0.0, on_wait=None, while_busy=None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self._acquire(what, wait, on_wait)
+            self._acquire(what, wait, on_wait, while_busy)
         except BaseException:  # busy past the wait, or Ctrl-C while waiting
             os.close(self._fd)
             self._fd = -1
@@ -170,7 +172,7 @@ class _ProcessLock:
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, f"{os.getpid()} ({' '.join(Path(a).name for a in sys.argv[:2])})".encode(), 0)
 
-    def _acquire(self, what: str, wait: float, on_wait) -> None:
+    def _acquire(self, what: str, wait: float, on_wait, while_busy=None) -> None:
         deadline = time.monotonic() + max(0.0, wait)
         told = False
         while True:
@@ -179,6 +181,8 @@ class _ProcessLock:
                 return
             except BlockingIOError:
                 pass
+            if while_busy is not None:
+                while_busy()
             if time.monotonic() >= deadline:
                 if wait > 0:
                     raise StoreLocked(
@@ -273,9 +277,10 @@ class EdgeStore:
     """
 
     def __init__(self, directory: Path, collection: str, min_free_mb: int = DEFAULT_MIN_FREE_MB,
-                 lock_wait: float = 0.0, on_wait=None) -> None:
+                 lock_wait: float = 0.0, on_wait=None, while_busy=None) -> None:
         """`lock_wait`: seconds to wait for another process's lock on this store (0: fail at once);
-        `on_wait(holder, seconds)` is told when that waiting starts (the CLI prints it)."""
+        `on_wait(holder, seconds)` is told when that waiting starts (the CLI prints it);
+        `while_busy()` is called whenever the lock is found busy and may raise to stop waiting."""
         import qdrant_edge  # noqa: F401  (fail here, clearly, if the package is missing)
 
         self.collection = collection
@@ -290,7 +295,7 @@ class EdgeStore:
         self._info: CollectionInfo | None = None  # the record never changes once written
         try:
             self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
-                                              wait=lock_wait, on_wait=on_wait)
+                                              wait=lock_wait, on_wait=on_wait, while_busy=while_busy)
         except OSError as exc:
             if not is_read_only_error(exc):
                 raise

@@ -8,18 +8,21 @@ from core.embedder import ClipEmbedder
 from core.ingest_service import IngestService
 from core.search_service import SearchService
 from core.settings import Settings
-from core.store import EdgeStore, QdrantClientStore, Store
+from core.store import QdrantClientStore, Store
+from core.store_host import open_embedded
 
 
-def open_store(settings: Settings, on_wait=None) -> Store:
+def open_store(settings: Settings, on_wait=None, write: bool = False) -> Store:
     """The server store when QDRANT_URL is set, else the embedded store (locked) under DATA_DIR.
 
-    A busy embedded store is waited for up to STORE_LOCK_WAIT seconds; `on_wait(holder, seconds)`
-    hears when that starts."""
+    An embedded store held by a running search UI is reached through it (core/store_host.py);
+    `write`: the caller will write, so it takes the UI's write lease. A store busy otherwise is
+    waited for up to STORE_LOCK_WAIT seconds; `on_wait(holder, seconds)` hears when that starts."""
     if settings.qdrant_url:
         return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
-    return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection, settings.min_free_disk_mb,
-                     lock_wait=settings.store_lock_wait, on_wait=on_wait)
+    return open_embedded(settings.embedded_store_dir, settings.qdrant_collection, wait=settings.store_lock_wait,
+                         min_free_mb=settings.min_free_disk_mb,
+                         on_wait=on_wait, write=write)
 
 
 def build_embedder(settings: Settings) -> ClipEmbedder:
@@ -40,7 +43,7 @@ def build_detector(settings: Settings) -> Detector:
     )
 
 
-def open_head_index(settings: Settings, store: Store):
+def open_head_index(settings: Settings, store: Store, write: bool = False):
     """The HeadIndex for PROJECTION_HEAD (None when unset); its collection sits beside `store`'s."""
     if not settings.projection_head:
         return None
@@ -59,8 +62,9 @@ def open_head_index(settings: Settings, store: Store):
     if isinstance(store, QdrantClientStore):
         head_store = QdrantClientStore(store.client, name, store.location)
     else:
-        head_store = EdgeStore(settings.embedded_store_dir, name, settings.min_free_disk_mb,
-                               lock_wait=settings.store_lock_wait)
+        head_store = open_embedded(settings.embedded_store_dir, name, wait=settings.store_lock_wait,
+                                   min_free_mb=settings.min_free_disk_mb,
+                                   write=write, beside=store)
     index = HeadIndex(head, head_store)
     info = store.info()
     if info is not None:

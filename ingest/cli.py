@@ -77,10 +77,12 @@ def _user_errors(as_json: bool = False):
 
 
 @contextlib.contextmanager
-def _open_store(settings: Settings):
+def _open_store(settings: Settings, write: bool = False):
+    """The store, closed after. `write`: the command writes (with a running search UI holding the
+    embedded store, the command then holds the UI's write lease; reads need none)."""
     from core.wiring import open_store
 
-    store = open_store(settings, on_wait=_say_waiting)
+    store = open_store(settings, on_wait=_say_waiting, write=write)
     try:
         yield store
     finally:
@@ -88,12 +90,12 @@ def _open_store(settings: Settings):
 
 
 @contextlib.contextmanager
-def _open_stores(settings: Settings):
+def _open_stores(settings: Settings, write: bool = False):
     """The store and, with PROJECTION_HEAD set, the head's index beside it (both closed after)."""
     from core.wiring import open_head_index
 
-    with _open_store(settings) as store:
-        head = open_head_index(settings, store)
+    with _open_store(settings, write) as store:
+        head = open_head_index(settings, store, write)
         try:
             yield store, head
         finally:
@@ -162,7 +164,7 @@ def add(
             sources = list(discover(given, factory=factory, manifest=manifest))
             check_has_photos(given, sources)
             plans.append((given, factory or factory_name(given), sources))
-        with _open_stores(settings) as (store, head):
+        with _open_stores(settings, write=True) as (store, head):
             if not (manifest or one_factory):
                 known = set(store.facet("factory"))
                 for given, label, sources in plans:
@@ -319,7 +321,7 @@ def remove(
     from core.wiring import ingest_service
 
     settings = _settings(wait)
-    with _user_errors(as_json), _open_stores(settings) as (store, head):
+    with _user_errors(as_json), _open_stores(settings, write=True) as (store, head):
         _check_factories(store, factory)
         service = ingest_service(settings, store, head)
         points = service.find(factory=factory, path=path)
@@ -451,7 +453,7 @@ def tune_command(
 def reproject_command(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
     """Fill PROJECTION_HEAD's collection from the indexed vectors (no model needed)."""
     settings = _settings(wait)
-    with _user_errors(as_json), _open_stores(settings) as (store, head):
+    with _user_errors(as_json), _open_stores(settings, write=True) as (store, head):
         if head is None:
             raise ShoeSearchError("Set PROJECTION_HEAD to a head file from `ingest tune` first.")
         count = head.sync_from(store)
@@ -493,7 +495,7 @@ def import_command(
     from core.transfer import import_points
 
     settings = _settings(wait)
-    with _user_errors(as_json), _open_store(settings) as store:
+    with _user_errors(as_json), _open_store(settings, write=True) as store:
         count = import_points(store, path)
         total = store.count()
     if as_json:
@@ -539,7 +541,7 @@ def cluster_command(
 
     settings = _settings(wait)
     with _user_errors(as_json):
-        store = open_store(settings, on_wait=_say_waiting)
+        store = open_store(settings, on_wait=_say_waiting, write=True)
         try:
             _check_factories(store, factory)
             if representative.startswith("factory:"):

@@ -130,6 +130,8 @@ class Handlers:
         self.clusters = ClusterService(store, settings.data_dir)
         self.data_dir = Path(settings.data_dir).resolve()
         self._ingest_lock = threading.Lock()  # one upload ingest at a time; searches go on
+        # The `ingest` command writing through this UI right now (core/store_host.py), in words, or None.
+        self.writer_elsewhere: Callable[[], str | None] = lambda: None
 
     # ------------------------------------------------------------------ filters and catalogue
 
@@ -309,6 +311,8 @@ class Handlers:
                 or linkage not in ("single", "complete"):
             return Duplicates(f"⚠️ Unknown option: scope {scope!r}, level {level!r}, linkage {linkage!r}.")
         options = ClusterSettings(float(duplicate_threshold), float(similar_threshold), scope, level, linkage)
+        if busy := self._busy():
+            return Duplicates(busy)
         try:
             with self._ingest_lock:  # payload writes: one clustering or upload at a time
                 result = self.clusters.run(options, factories=list(factories or []), progress=progress)
@@ -345,6 +349,11 @@ class Handlers:
 
     # ------------------------------------------------------------------ adding photos
 
+    def _busy(self) -> str | None:
+        """A message when an `ingest` command writes to the index through this UI (it may run for long)."""
+        writer = self.writer_elsewhere()
+        return f"⚠️ The index is busy: {writer} is writing to it. Try again when it has finished." if writer else None
+
     def add_photos(self, files: Sequence[str] | None, factory: str,
                    progress: Callable[[int, int], None] | None = None) -> str:
         """Stage uploaded photos (or zips of photos) under DATA_DIR/uploads/FACTORY and ingest them
@@ -357,6 +366,8 @@ class Handlers:
             return f"⚠️ {exc}"
         if not files:
             return "⚠️ Choose photos (or a .zip of photos) to upload."
+        if busy := self._busy():
+            return busy
         try:
             result = add_upload([Path(f) for f in files], factory, self.settings.uploads_dir, self.ingest,
                                 limits=UploadLimits.for_upload_mb(self.settings.ui_max_upload_mb),
