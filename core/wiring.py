@@ -8,7 +8,17 @@ from core.embedder import ClipEmbedder
 from core.ingest_service import IngestService
 from core.search_service import SearchService
 from core.settings import Settings
-from core.store import EdgeStore, QdrantClientStore, Store
+from core.store import EdgeStore, QdrantClientStore, ServerCollectionConfig, Store
+
+
+def server_collection_config(settings: Settings) -> ServerCollectionConfig:
+    """The QDRANT_* layout and search settings of a server collection."""
+    return ServerCollectionConfig(
+        shard_number=settings.qdrant_shard_number, replication_factor=settings.qdrant_replication_factor,
+        write_consistency_factor=settings.qdrant_write_consistency_factor,
+        read_consistency=settings.qdrant_read_consistency, tenant_index=settings.qdrant_tenant_index,
+        quantization=settings.qdrant_quantization, vectors_on_disk=settings.qdrant_vectors_on_disk,
+        rescore=settings.qdrant_rescore, oversampling=settings.qdrant_oversampling, hnsw_ef=settings.qdrant_hnsw_ef)
 
 
 def open_store(settings: Settings, on_wait=None) -> Store:
@@ -17,7 +27,8 @@ def open_store(settings: Settings, on_wait=None) -> Store:
     A busy embedded store is waited for up to STORE_LOCK_WAIT seconds; `on_wait(holder, seconds)`
     hears when that starts."""
     if settings.qdrant_url:
-        return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
+        return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection,
+                                         server_collection_config(settings))
     return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection,
                      lock_wait=settings.store_lock_wait, on_wait=on_wait)
 
@@ -57,7 +68,7 @@ def open_head_index(settings: Settings, store: Store):
     head = ProjectionHead.load(path)
     name = head_collection(settings.qdrant_collection, head)
     if isinstance(store, QdrantClientStore):
-        head_store = QdrantClientStore(store.client, name, store.location)
+        head_store = QdrantClientStore(store.client, name, store.location, store.config)
     else:
         head_store = EdgeStore(settings.embedded_store_dir, name, lock_wait=settings.store_lock_wait)
     index = HeadIndex(head, head_store)
