@@ -33,6 +33,13 @@ def open_store(settings: Settings, on_wait=None) -> Store:
                      lock_wait=settings.store_lock_wait, on_wait=on_wait)
 
 
+def open_target_store(settings: Settings, url: str, api_key: str | None = None,
+                      collection: str | None = None) -> QdrantClientStore:
+    """The server or cluster collection `ingest migrate` copies into (QDRANT_* layout settings apply)."""
+    return QdrantClientStore.connect(url, settings.qdrant_api_key if api_key is None else api_key,
+                                     collection or settings.qdrant_collection, server_collection_config(settings))
+
+
 def build_embedder(settings: Settings) -> ClipEmbedder:
     return ClipEmbedder(settings.clip_model, device=settings.device, batch_size=settings.batch_size,
                         precision=settings.embed_precision, cache_dir=settings.models_cache_dir)
