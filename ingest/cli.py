@@ -123,6 +123,9 @@ def add(
         "--dry-run", help="With --prune: only count what would be pruned; nothing is added or removed.")] = False,
     one_factory: Annotated[bool, typer.Option(
         "--one-factory", help="Index the folder as one factory even if its subfolders look like factories.")] = False,
+    part: Annotated[Optional[str], typer.Option(
+        "--part", metavar="I/N", help="Only part I of N of the photos (a stable split by each photo's path in its "
+        "folder): N workers, on one or several machines, share the folders into one Qdrant server.")] = None,
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -132,6 +135,18 @@ def add(
                                  param_hint="--factory" if factory else "--manifest")
     if dry_run and not prune:
         raise typer.BadParameter("--dry-run only applies to --prune", param_hint="--dry-run")
+    part_of_n = None
+    if part is not None:
+        from core.parts import parse_part
+
+        if prune:
+            raise typer.BadParameter("--prune needs the whole folder: run it without --part after the parts",
+                                     param_hint="--prune")
+        try:
+            part_of_n = parse_part(part)
+        except ShoeSearchError as exc:
+            raise typer.BadParameter(str(exc).removeprefix(f"--part {part!r}: ").removeprefix(f"--part {part}: "),
+                                     param_hint="--part") from None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -173,6 +188,10 @@ def add(
                           TimeRemainingColumn(), console=console, transient=as_json,
                           disable=not console.is_terminal) as bar:
                 for given, label, sources in plans:
+                    if part_of_n is not None:  # this worker's share; the folder checks above saw all of it
+                        from core.parts import part_of
+
+                        sources = [s for s in sources if part_of(s.path, given, part_of_n[1]) == part_of_n[0]]
                     task = bar.add_task(f"ingest {label}", total=len(sources))
                     if dry_run:
                         report = IngestReport(factory=label, photos_seen=len(sources))
@@ -185,6 +204,8 @@ def add(
                         report.seconds += time.perf_counter() - started
                     reports.append((given, report))
     summary = _add_summary(reports, prune, dry_run)
+    if part is not None:
+        summary["part"] = f"{part_of_n[0]}/{part_of_n[1]}"
     if as_json:
         _print_json(summary)
     else:
