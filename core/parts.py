@@ -21,10 +21,10 @@ def parse_part(text: str) -> tuple[int, int]:
     """`"i/N"` as (i, N) with 1 <= i <= N."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match:
-        raise ShoeSearchError(f"--part {text!r}: write it as I/N, e.g. 1/4 (this worker's part I of N parts)")
+        raise ShoeSearchError(f"{text!r}: write it as I/N, e.g. 1/4 (this worker's part I of N parts)")
     index, count = int(match[1]), int(match[2])
     if not 1 <= index <= count:
-        raise ShoeSearchError(f"--part {text}: I must be between 1 and N ({count})")
+        raise ShoeSearchError(f"{text}: I must be between 1 and N ({count})")
     return index, count
 
 

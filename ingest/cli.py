@@ -145,8 +145,7 @@ def add(
         try:
             part_of_n = parse_part(part)
         except ShoeSearchError as exc:
-            raise typer.BadParameter(str(exc).removeprefix(f"--part {part!r}: ").removeprefix(f"--part {part}: "),
-                                     param_hint="--part") from None
+            raise typer.BadParameter(str(exc), param_hint="--part") from None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
