@@ -98,7 +98,8 @@ def build(layout: str, n: int, path: str) -> dict:
         shard.update(UpdateOperation.create_field_index(key, PayloadSchemaType.Keyword))
     for s in range(0, n, 1000):
         shard.update(UpdateOperation.upsert_points(
-            [Point(str(uuid.UUID(int=i + 1)), {"clip": vectors[i].tolist()}, _payload(i)) for i in range(s, min(n, s + 1000))]))
+            [Point(str(uuid.UUID(int=i + 1)), {"clip": vectors[i].tolist()}, _payload(i))
+             for i in range(s, min(n, s + 1000))]))
     loaded = time.perf_counter()
     shard.optimize()
     shard.flush()

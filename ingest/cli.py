@@ -632,9 +632,11 @@ def migrate_command(
     api_key: Annotated[Optional[str], typer.Option(
         "--api-key", help="The target's API key (default: QDRANT_API_KEY).")] = None,
     collection: Annotated[Optional[str], typer.Option(
-        "--collection", help="Target collection (default: QDRANT_COLLECTION); QDRANT_SHARD_NUMBER etc. lay it out.")] = None,
+        "--collection",
+        help="Target collection (default: QDRANT_COLLECTION); QDRANT_SHARD_NUMBER etc. lay it out.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=10_000, help="Points per upsert.")] = 256,
-    sample: Annotated[int, typer.Option(min=0, max=100_000, help="Points read back to compare vectors and payloads.")] = 64,
+    sample: Annotated[int, typer.Option(
+        min=0, max=100_000, help="Points read back to compare vectors and payloads.")] = 64,
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -48,7 +48,8 @@ class RecordingServer:
         return httpx.Response(200, json={"result": result, "status": "ok", "time": 0.0})
 
     def client(self) -> QdrantClient:
-        return QdrantClient(url="http://qdrant.test:6333", transport=httpx.MockTransport(self), check_compatibility=False)
+        return QdrantClient(url="http://qdrant.test:6333", transport=httpx.MockTransport(self),
+                            check_compatibility=False)
 
 
 def _exercise(store: QdrantClientStore) -> None:
