@@ -7,7 +7,7 @@ nothing in `core` reads the environment on its own.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,6 +29,29 @@ class Settings(BaseSettings):
     qdrant_collection: str = Field("shoes", description="Collection (embedded: shard folder) name.")
     store_lock_wait: float = Field(
         0.0, ge=0.0, description="Seconds to wait for another process's hold on the embedded store (0: fail at once).")
+
+    # A Qdrant server or cluster (QDRANT_URL set); the embedded store ignores these. Layout
+    # settings apply when the collection is created; search settings apply to every query.
+    # Empty / the defaults send nothing: Qdrant's own defaults, the requests of one server as before.
+    qdrant_shard_number: Optional[int] = Field(
+        None, ge=1, description="Shards of a new collection (cluster: a few per node, e.g. 6 on 3 nodes).")
+    qdrant_replication_factor: Optional[int] = Field(
+        None, ge=1, description="Copies of each shard on different nodes (2+: a node can go down).")
+    qdrant_write_consistency_factor: Optional[int] = Field(
+        None, ge=1, description="Replicas that must confirm a write before it succeeds.")
+    qdrant_read_consistency: str = Field(
+        "", description="Replicas a search or scroll asks: all, majority, quorum or a number (empty: one).")
+    qdrant_tenant_index: bool = Field(
+        False, description="Index `factory` as a tenant key (is_tenant): one collection partitioned by factory.")
+    qdrant_quantization: Literal["none", "int8"] = Field(
+        "none", description="int8: a scalar-quantized copy of the vectors kept in RAM (4x smaller), originals rescore.")
+    qdrant_vectors_on_disk: bool = Field(
+        False, description="Keep the original vectors on disk (memory-mapped); with int8 for collections past RAM.")
+    qdrant_rescore: bool = Field(True, description="With int8: rescore the candidates with the original vectors.")
+    qdrant_oversampling: float = Field(
+        2.0, ge=1.0, description="With int8: fetch this many times the limit from the quantized index, then rescore.")
+    qdrant_hnsw_ef: Optional[int] = Field(
+        None, ge=1, description="HNSW search breadth per query (higher: better recall, slower); empty: the server's.")
 
     clip_model: str = Field("clip-ViT-B-32", description="sentence-transformers CLIP name or local directory.")
     detector_model: str = Field("yolov8n-oiv7.pt", description="ultralytics YOLO weights name or file; 'none' = off.")
@@ -69,6 +92,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("qdrant_shard_number", "qdrant_replication_factor", "qdrant_write_consistency_factor",
+                     "qdrant_hnsw_ef", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("qdrant_read_consistency", mode="before")
+    @classmethod
+    def _read_consistency(cls, value: object) -> object:
+        text = str(value).strip().lower() if value is not None else ""
+        if text in ("", "all", "majority", "quorum") or (text.isdigit() and int(text) >= 1):
+            return text
+        raise ValueError("use all, majority, quorum, a number of replicas (1, 2, ...) or leave it empty")
 
     @field_validator("qdrant_url", "qdrant_api_key", "detector_model", "clip_model", mode="before")
     @classmethod

@@ -518,19 +518,92 @@ def _is_transient(exc: Exception) -> bool:
         or isinstance(exc, (ConnectionError, TimeoutError))
 
 
+@dataclass(frozen=True)
+class ServerCollectionConfig:
+    """How a collection is laid out on a Qdrant server or cluster, and how it is searched.
+
+    The defaults send nothing: Qdrant's own defaults, exactly the requests of one server before
+    these settings existed. Layout (shards, replicas, write consistency, tenant index,
+    quantization, on-disk vectors) applies when the collection is created; the search part
+    (read consistency, HNSW ef, rescoring with oversampling) applies to every query and scroll.
+    """
+
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+    read_consistency: str = ""  # "", "all", "majority", "quorum" or a number of replicas
+    tenant_index: bool = False  # `factory` as a keyword index with is_tenant=true
+    quantization: str = "none"  # "none" | "int8" (scalar, kept in RAM)
+    vectors_on_disk: bool = False
+    rescore: bool = True
+    oversampling: float = 2.0
+    hnsw_ef: int | None = None
+
+    def create_arguments(self) -> dict[str, Any]:
+        """create_collection's keyword arguments beyond the vectors (only those set)."""
+        from qdrant_client import models
+
+        arguments: dict[str, Any] = {key: value for key, value in (
+            ("shard_number", self.shard_number), ("replication_factor", self.replication_factor),
+            ("write_consistency_factor", self.write_consistency_factor)) if value is not None}
+        if self.quantization == "int8":
+            arguments["quantization_config"] = models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True))
+        return arguments
+
+    def vector_params(self, dimension: int):
+        from qdrant_client import models
+
+        extra = {"on_disk": True} if self.vectors_on_disk else {}
+        return models.VectorParams(size=dimension, distance=models.Distance.COSINE, **extra)
+
+    def index_schema(self, key: str):
+        """The payload index of `key`: keyword; `factory` as the tenant key when asked."""
+        from qdrant_client import models
+
+        if key == "factory" and self.tenant_index:
+            return models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
+        return models.PayloadSchemaType.KEYWORD
+
+    def search_params(self, exact: bool | None):
+        """SearchParams for a query (None when nothing is to be said, as before)."""
+        from qdrant_client import models
+
+        quantization = None
+        if self.quantization == "int8":
+            # exact means exact: the original vectors, not their int8 copy.
+            quantization = (models.QuantizationSearchParams(ignore=True) if exact else
+                            models.QuantizationSearchParams(rescore=self.rescore, oversampling=self.oversampling))
+        given = {"exact": exact, "hnsw_ef": None if exact else self.hnsw_ef, "quantization": quantization}
+        given = {key: value for key, value in given.items() if value is not None}
+        return models.SearchParams(**given) if given else None
+
+    def read_arguments(self) -> dict[str, Any]:
+        """`consistency=` for reads (searches, scrolls of clustering/eval/export), only when set."""
+        from qdrant_client import models
+
+        if not self.read_consistency:
+            return {}
+        if self.read_consistency.isdigit():
+            return {"consistency": int(self.read_consistency)}
+        return {"consistency": models.ReadConsistencyType(self.read_consistency)}
+
+
 class QdrantClientStore:
     """A collection through qdrant-client: a Qdrant server, or qdrant-client's local mode.
 
     Writes are retried with exponential backoff on transient errors; a write that still fails
     raises StoreUnavailable (the ingest reports the photos of that batch as failed).
+    `config` lays out a new collection and tunes queries on a server or cluster.
     """
 
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
-    def __init__(self, client, collection: str, location: str) -> None:
+    def __init__(self, client, collection: str, location: str, config: ServerCollectionConfig | None = None) -> None:
         self.client = client
         self.collection = collection
         self.location = location
+        self.config = config or ServerCollectionConfig()
         # Known once the collection exists (its model and size never change): a search then costs
         # one request, not three. Forgotten if the collection vanishes (see `_read`).
         self._info: CollectionInfo | None = None
@@ -538,7 +611,8 @@ class QdrantClientStore:
         self._lock = threading.RLock() if client._client.__class__.__name__ == "QdrantLocal" else contextlib.nullcontext()
 
     @classmethod
-    def connect(cls, url: str, api_key: str, collection: str) -> QdrantClientStore:
+    def connect(cls, url: str, api_key: str, collection: str,
+                config: ServerCollectionConfig | None = None) -> QdrantClientStore:
         """Connect to a Qdrant server and check that it answers (and accepts the key)."""
         from qdrant_client import QdrantClient
 
@@ -555,7 +629,7 @@ class QdrantClientStore:
                 f"Cannot reach Qdrant at {url} ({type(exc).__name__}). Start it (docker compose up -d qdrant), "
                 f"fix QDRANT_URL, or leave QDRANT_URL empty to use the embedded store."
             ) from exc
-        return cls(client, collection, f"Qdrant server {url}")
+        return cls(client, collection, f"Qdrant server {url}", config)
 
     def info(self) -> CollectionInfo | None:
         if self._info is not None:
@@ -581,13 +655,14 @@ class QdrantClientStore:
         with self._lock:
             self.client.create_collection(
                 self.collection,
-                vectors_config={VECTOR_NAME: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+                vectors_config={VECTOR_NAME: self.config.vector_params(dimension)},
                 metadata={"model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION},
+                **self.config.create_arguments(),
             )
             with warnings.catch_warnings():  # local mode says payload indexes do nothing there
                 warnings.simplefilter("ignore", UserWarning)
                 for key in INDEXED_KEYWORDS:
-                    self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
+                    self.client.create_payload_index(self.collection, key, self.config.index_schema(key))
         self._info = CollectionInfo(model, dimension)
         return self._info
 
@@ -666,13 +741,11 @@ class QdrantClientStore:
                         f"delete of {len(ids)} points")
 
     def query(self, vector, where=None, limit=10, score_threshold=None, exact=None) -> list[Hit]:
-        from qdrant_client import models
-
         points = self._read(lambda: self.client.query_points(
             self.collection, query=_vector_list(vector), using=VECTOR_NAME,
             query_filter=self._filter(where), limit=limit, with_payload=True,
             score_threshold=score_threshold,
-            search_params=models.SearchParams(exact=exact) if exact is not None else None,
+            search_params=self.config.search_params(exact), **self.config.read_arguments(),
         ).points, [])
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
@@ -681,7 +754,7 @@ class QdrantClientStore:
         while True:
             records, offset = self._read(lambda: self.client.scroll(
                 self.collection, scroll_filter=self._filter(where), limit=batch_size,
-                offset=offset, with_payload=True, with_vectors=with_vectors,
+                offset=offset, with_payload=True, with_vectors=with_vectors, **self.config.read_arguments(),
             ), ([], None))
             for record in records:
                 yield _stored_point(record, with_vectors)

@@ -8,8 +8,18 @@ from core.embedder import ClipEmbedder
 from core.ingest_service import IngestService
 from core.search_service import SearchService
 from core.settings import Settings
-from core.store import QdrantClientStore, Store
+from core.store import QdrantClientStore, ServerCollectionConfig, Store
 from core.store_host import open_embedded
+
+
+def server_collection_config(settings: Settings) -> ServerCollectionConfig:
+    """The QDRANT_* layout and search settings of a server collection."""
+    return ServerCollectionConfig(
+        shard_number=settings.qdrant_shard_number, replication_factor=settings.qdrant_replication_factor,
+        write_consistency_factor=settings.qdrant_write_consistency_factor,
+        read_consistency=settings.qdrant_read_consistency, tenant_index=settings.qdrant_tenant_index,
+        quantization=settings.qdrant_quantization, vectors_on_disk=settings.qdrant_vectors_on_disk,
+        rescore=settings.qdrant_rescore, oversampling=settings.qdrant_oversampling, hnsw_ef=settings.qdrant_hnsw_ef)
 
 
 def open_store(settings: Settings, on_wait=None, write: bool = False) -> Store:
@@ -19,10 +29,18 @@ def open_store(settings: Settings, on_wait=None, write: bool = False) -> Store:
     `write`: the caller will write, so it takes the UI's write lease. A store busy otherwise is
     waited for up to STORE_LOCK_WAIT seconds; `on_wait(holder, seconds)` hears when that starts."""
     if settings.qdrant_url:
-        return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
+        return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection,
+                                         server_collection_config(settings))
     return open_embedded(settings.embedded_store_dir, settings.qdrant_collection, wait=settings.store_lock_wait,
                          min_free_mb=settings.min_free_disk_mb,
                          on_wait=on_wait, write=write)
+
+
+def open_target_store(settings: Settings, url: str, api_key: str | None = None,
+                      collection: str | None = None) -> QdrantClientStore:
+    """The server or cluster collection `ingest migrate` copies into (QDRANT_* layout settings apply)."""
+    return QdrantClientStore.connect(url, settings.qdrant_api_key if api_key is None else api_key,
+                                     collection or settings.qdrant_collection, server_collection_config(settings))
 
 
 def build_embedder(settings: Settings) -> ClipEmbedder:
@@ -60,7 +78,7 @@ def open_head_index(settings: Settings, store: Store, write: bool = False):
     head = ProjectionHead.load(path)
     name = head_collection(settings.qdrant_collection, head)
     if isinstance(store, QdrantClientStore):
-        head_store = QdrantClientStore(store.client, name, store.location)
+        head_store = QdrantClientStore(store.client, name, store.location, store.config)
     else:
         head_store = open_embedded(settings.embedded_store_dir, name, wait=settings.store_lock_wait,
                                    min_free_mb=settings.min_free_disk_mb,
