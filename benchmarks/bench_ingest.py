@@ -258,6 +258,14 @@ def case(kind: str, paths: dict[str, str]) -> dict:
                                            Path(tmp))
         out["yolo_int8_agreement"] = getattr(detector, "int8_agreement", None)
         out["peak_rss_mb"] = peak_rss_mb()
+        if detect == "nodetect" and precision == "auto":
+            import numpy as np
+
+            texts = [time.perf_counter()]
+            for k in range(20):
+                embedder.embed_texts([f"white leather high-top sneaker {k}"])
+                texts.append(time.perf_counter())
+            out["text_query_ms_p50"] = float(np.median(np.diff(texts)) * 1000)
         if detect == "nodetect" and precision == "auto" and embedder.active_precision == "int8":
             sample = [Image.open(s.path).convert("RGB") for s in sources[:64]]
             exact = embedder._encode(sample)
@@ -330,6 +338,8 @@ def main() -> None:
                     [[label(kind), *(f"{ms[s]:.1f}" if s in ms else "-" for s in steps), f"{sum(ms.values()):.1f}",
                       f"{1000 / results[kind]['ceiling']:.1f}"] for kind, ms in outside]))
     extra = results.get("auto-nodetect", {})
+    if "text_query_ms_p50" in extra:
+        print(f"\ntext query, model time (p50 of 20): {extra['text_query_ms_p50']:.1f} ms")
     if "int8_cosine_min" in extra:
         print(f"\nguard, CLIP int8 vs fp32 image embeddings on 64 of these photos: min cosine "
               f"{extra['int8_cosine_min']:.5f} (auto keeps fp32 below 0.999)")

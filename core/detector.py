@@ -56,7 +56,7 @@ class YoloDetector:
         model: str,
         classes: Sequence[str],
         confidence: float = 0.25,
-        image_size: int = 640,
+        image_size: int = 320,
         device: str = "auto",
         batch_size: int = 16,
         runtime: str = "torch",

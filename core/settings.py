@@ -32,7 +32,8 @@ class Settings(BaseSettings):
         description="Detector class names kept as shoes (comma-separated).",
     )
     detect_confidence: float = Field(0.25, ge=0.0, le=1.0)
-    detect_image_size: int = Field(640, ge=32, description="YOLO input size in pixels.")
+    detect_image_size: int = Field(
+        320, ge=32, description="YOLO input size in pixels: 320 for product photos, 640 for small shoes in scenes.")
     detect_runtime: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="YOLO runtime: onnx (ultralytics' ONNX export, ONNX Runtime), torch, or auto = onnx on a "
                             "CPU when the export works.")
