@@ -193,3 +193,19 @@ def test_settings_select_the_detector_runtime(settings):
     assert Settings(_env_file=None).detect_runtime == "auto"
     with pytest.raises(ValueError, match="detect_runtime"):
         Settings(_env_file=None, detect_runtime="tensorrt")
+
+
+def test_loading_the_torch_detector_leaves_onnx_runtime_its_threads(lively_yolo, tmp_path):
+    """ultralytics sets OMP_NUM_THREADS=1 on import; later ONNX Runtime sessions (CLIP's int8
+    tower, in the CLI loaded after the detector) would then run on one core."""
+    import os
+    import subprocess
+
+    code = ("import os, sys\n"
+            "from core.detector import YoloDetector\n"
+            f"YoloDetector({str(lively_yolo)!r}, ['Footwear'], device='cpu', runtime='torch').load()\n"
+            "print('ultralytics' in sys.modules, os.environ.get('OMP_NUM_THREADS'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.stdout.strip().splitlines()[-1] == "True None", done.stderr[-2000:]
