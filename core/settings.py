@@ -60,7 +60,13 @@ class Settings(BaseSettings):
         description="Detector class names kept as shoes (comma-separated).",
     )
     detect_confidence: float = Field(0.25, ge=0.0, le=1.0)
-    detect_image_size: int = Field(640, ge=32, description="YOLO input size in pixels.")
+    detect_image_size: int = Field(
+        320, ge=32, description="YOLO input size in pixels: 320 for product photos, 640 for small shoes in scenes.")
+    detect_runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="YOLO runtime: onnx (ultralytics' ONNX export, ONNX Runtime), torch, or auto = onnx on a "
+                            "CPU when the export works.")
+    detect_precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="ONNX detector precision: fp32, int8, or auto = int8 when its boxes agree and it is faster.")
     crop_margin: float = Field(0.08, ge=0.0, le=1.0, description="Margin added around each box, as a fraction.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     embed_precision: Literal["auto", "fp32", "int8"] = Field(

@@ -58,6 +58,9 @@ def build_detector(settings: Settings) -> Detector:
         image_size=settings.detect_image_size,
         device=settings.device,
         batch_size=settings.batch_size,
+        runtime=settings.detect_runtime,
+        precision=settings.detect_precision,
+        cache_dir=settings.models_cache_dir,
     )
 
 
