@@ -96,8 +96,15 @@ class IngestService:
         self.head_index = head_index  # core.head_index.HeadIndex: projected vectors kept in step
         self.background_remover = background_remover  # core.background: applied before embedding only
         self.min_free_mb = min_free_mb
-        self.journal = Journal(self.data_dir / "journal" / store.collection)
+        self._journal: Journal | None = None
         self._collection_ready = False
+
+    @property
+    def journal(self) -> Journal:
+        """The write journal of this collection (made when first needed)."""
+        if self._journal is None:
+            self._journal = Journal(self.data_dir / "journal" / self.store.collection)
+        return self._journal
 
     def memory_budget(self) -> int | None:
         """The most bytes the photos of a run add to the process, above the models' own memory

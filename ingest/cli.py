@@ -342,8 +342,14 @@ def remove(
 
     settings = _settings(wait)
     with _user_errors(as_json), _open_stores(settings, write=True) as (store, head):
-        _check_factories(store, factory)
         service = ingest_service(settings, store, head)
+        # A removal killed midway is finished first; its factory may then be gone, which is
+        # what the rerun asked for, not a mistake.
+        recovered = 0 if dry_run else service.recover()
+        if recovered:
+            typer.echo(f"finished {recovered} interrupted write(s) of an earlier run", err=True)
+        else:
+            _check_factories(store, factory)
         points = service.find(factory=factory, path=path)
         photos = {p.payload.get("photo_path") for p in points}
         what = f"{len(points)} crops of {len(photos)} photos"
