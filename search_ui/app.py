@@ -79,7 +79,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         hits_state = gr.State([])
         selected_id = gr.State("")
         with gr.Tabs() as tabs:
-            with gr.Tab("Search", id="search"):
+            with gr.Tab("Search", id="search") as search_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
                         with gr.Tab("By text", id="by-text"):
@@ -178,8 +178,14 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         # names and counts arrive with this first event, which needs the login.
         demo.load(refresh_filters, outputs=refreshed, api_visibility="private")
         # Factories added from the CLI or another tab show up when a tab is opened, no restart needed.
-        for tab in (duplicates_tab, catalogue_tab):
+        for tab in (search_tab, duplicates_tab, catalogue_tab):
             tab.select(refresh_filters, outputs=refreshed, api_visibility="private")
+        # ... and when a factory list is opened, on whichever tab.
+        def refresh_choices():
+            return gr.Dropdown(choices=handlers.factory_choices())
+
+        for dropdown in (factories, dup_factories):
+            dropdown.focus(refresh_choices, outputs=dropdown, api_visibility="private", queue=False)
 
         def list_factories():
             """The indexed factories with their crop counts.

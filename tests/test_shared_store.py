@@ -27,6 +27,7 @@ from gradio_client import Client
 from core.sample_catalogue import make_catalogue
 from core.store_host import PREFIX, find_host, host_file
 from tests.store_host_server import free_port
+from tests.ui.conftest import browser, needs_browser, page_of, shot  # noqa: F401 (the browser fixtures)
 
 STORE = Path("data") / "qdrant-edge"  # DATA_DIR is `data` under each run's working folder
 
@@ -331,3 +332,36 @@ def test_a_starting_ui_is_waited_for_and_a_dead_one_is_ignored(tmp_path, tiny_cl
     assert host_file(tmp_path / STORE, "shoes").exists() and find_host(tmp_path / STORE, "shoes") is None
     alone = ingest(tmp_path, env, "stats", "--json")  # the dead UI's file is ignored: the CLI opens the store
     assert alone.returncode == 0 and json.loads(alone.stdout)["points"] == 6, alone.stderr
+
+
+@needs_browser
+def test_the_browser_sees_a_factory_the_cli_adds_while_the_page_is_open(tmp_path, tiny_clip_dir, shoes, page_of,
+                                                                         shot):
+    """A person keeps the page open; `ingest add` in another terminal; the factory list offers the
+    new factory on the Search tab and a search filtered to it finds its photos, no reload."""
+    from playwright.sync_api import expect
+
+    port = free_port()
+    env = _env(port, CLIP_MODEL=str(tiny_clip_dir))
+    assert ingest(tmp_path, env, "add", str(shoes / "factory_a")).returncode == 0
+    with search_ui(tmp_path, env) as (_, url):
+        page = page_of(url)
+        page.locator("#factories input").click()
+        expect(page.get_by_role("option", name=re.compile(r"^factory_a \(\d+\)$"))).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("option", name=re.compile(r"^factory_c"))).to_have_count(0)
+        page.keyboard.press("Escape")
+        page.locator("#query-text textarea").click()  # the list loses focus, as a person moves on
+
+        added = ingest(tmp_path, env, "add", str(shoes / "factory_c"))
+        assert added.returncode == 0, added.stderr
+
+        page.locator("#factories input").click()
+        expect(page.get_by_role("option", name=re.compile(r"^factory_c \(\d+\)$"))).to_be_visible(timeout=30_000)
+        page.get_by_role("option", name=re.compile(r"^factory_c \(\d+\)$")).click()
+        page.keyboard.press("Escape")
+        page.locator("#query-text textarea").fill("red leather boot")
+        page.locator("#search-text-button").click()
+        expect(page.locator("#status")).to_contain_text("results for “red leather boot”", timeout=30_000)
+        captions = page.locator("#results .caption-label").all_inner_texts()
+        assert captions and all(c.startswith("factory_c · ") for c in captions), captions
+        shot(page, "factory-added-while-open")
