@@ -1,9 +1,10 @@
 """Clustering runs against the store: read vectors, cluster, keep ids stable, write reports.
 
 The last run's groups are kept twice: in a sidecar (`DATA_DIR/clusters/<collection>.json`,
-group id -> member point ids, used to keep ids stable on the next run) and in the points'
-payload (`group_identical`, `group_duplicate`, `group_similar`), so searches can filter by
-group.
+group id -> member point ids, used to keep ids stable on the next run, and which groups were
+reviewed) and in the points' payload (`group_identical`, `group_duplicate`, `group_similar`), so
+searches can filter by group. Review decisions (core.review) sit beside the sidecar and bind
+every run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from core.clustering import ClusterSettings, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix
+from core import review
+from core.clustering import (
+    ClusterSettings, Constraints, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix,
+)
 from core.errors import EmptyIndex, ShoeSearchError
 from core.store import Store
 
@@ -55,6 +59,7 @@ class ClusterResult:
             groups = self.by_tier(tier)
             tiers[tier] = {
                 "groups": len(groups),
+                "reviewed": sum(g.reviewed for g in groups),
                 "items_in_groups": sum(len(g.member_points) for g in groups),
                 "largest": max((len(g.members) for g in groups), default=0),
                 "status": dict(Counter(g.status for g in groups)),
@@ -118,6 +123,13 @@ class ClusterService:
         self.store = store
         self.data_dir = Path(data_dir)
         self.state_path = self.data_dir / "clusters" / f"{store.collection}.json"
+        self.decisions = review.Decisions(self.data_dir, store.collection)
+
+    def constraints(self) -> Constraints:
+        """The review decisions as clustering constraints."""
+        state = self.decisions.load()
+        return Constraints(tuple(state.same_pairs()), tuple(state.different_pairs()),
+                           frozenset(state.representatives))
 
     def run(self, settings: ClusterSettings, factories: Sequence[str] | None = None, method: str = "auto",
             knn: int = 32, progress: Callable[[float, str], None] | None = None) -> ClusterResult:
@@ -125,6 +137,7 @@ class ClusterService:
         started = time.perf_counter()
         if progress:
             progress(0.0, "reading vectors")
+        constraints = self.constraints()  # a damaged decisions file stops here, before any work
         items = load_items(self.store, factories)
         if len(items) == 0:
             raise EmptyIndex(f"Nothing to cluster in {self.store.location}"
@@ -137,7 +150,7 @@ class ClusterService:
             low = min(settings.duplicate_threshold, settings.similar_threshold)
             candidates = knn_candidates(self.store, items, knn, low)
         groups = cluster(items, settings, progress=(lambda f: progress(0.05 + 0.8 * f, "comparing")) if progress else None,
-                         candidates=candidates)
+                         candidates=candidates, constraints=constraints)
         clustered = time.perf_counter()
         previous = self._previous()
         dissolved = assign_stable_ids(groups, previous)
@@ -183,24 +196,38 @@ class ClusterService:
         existing = {p.id for p in self.store.retrieve(sorted({p for ids in stale_keys.values() for p in ids}))}
         for key, points in stale_keys.items():
             self.store.set_payload([p for p in points if p in existing], {key: None})
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                   "groups": {g.id: g.member_points for g in groups}}))
-        tmp.replace(self.state_path)
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            review.atomic_write(self.state_path, json.dumps({
+                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "groups": {g.id: g.member_points for g in groups},
+                "reviewed": sorted(g.id for g in groups if g.reviewed)}).encode())
+        except OSError as exc:
+            raise ShoeSearchError(f"cannot save the group ids to {self.state_path}: {exc.strerror or exc} (the "
+                                  f"groups are in the points' payload; the next run may give new ids)") from None
 
     def last_groups(self) -> dict[str, list[str]]:
         """The last run's groups: id -> member point ids."""
         return self._previous()
 
+    def last_reviewed(self) -> set[str]:
+        """Ids of the last run's groups that were fully reviewed."""
+        try:
+            return set(json.loads(self.state_path.read_text()).get("reviewed", []))
+        except (OSError, ValueError, AttributeError):
+            return set()
+
     # ------------------------------------------------------------------ calibration
 
-    def calibrate(self, labels_csv: Path, target_precision: float = 0.95) -> dict[str, Any]:
+    def calibrate(self, labels_csv: Path | None, target_precision: float = 0.95) -> dict[str, Any]:
         """Score labelled pairs (`a,b,same`: photo paths or product ids) with their best crop
-        pair and compute precision/recall/F1 per threshold."""
+        pair and compute precision/recall/F1 per threshold. Without a file the review decisions
+        are the labels (`same` / `different` pairs of crops, photos and products)."""
         items = load_items(self.store)
         if len(items) == 0:
             raise EmptyIndex(f"Nothing indexed in {self.store.location} to calibrate on.")
+        if labels_csv is None:
+            return self._calibrate_on_decisions(items, target_precision)
         by_key: dict[str, list[int]] = {}
         for i, payload in enumerate(items.payloads):
             for key in (payload.get("photo_path"), payload.get("product_id")):
@@ -224,6 +251,48 @@ class ClusterService:
         result = calibrate(scores, same, target_precision=target_precision)
         result["unmatched"] = missing
         return result
+
+
+    def _calibrate_on_decisions(self, items: Items, target_precision: float) -> dict[str, Any]:
+        state = self.decisions.load()
+        if not state.pairs:
+            raise ShoeSearchError(
+                f"No review decisions yet ({self.decisions.path}): review groups in the UI's Duplicates tab or "
+                f"`ingest review import FILE`, or give a labels file: ingest cluster --calibrate LABELS.csv")
+        by_key: dict[str, list[int]] = {}
+        for i, payload in enumerate(items.payloads):
+            for key in review.part_keys(payload):
+                by_key.setdefault(key, []).append(i)
+        index = review.ContentIndex(items.payloads)
+        scores, same, missing = [], [], []
+        for (a, b), decision in sorted(state.pairs.items()):
+            if a not in by_key or b not in by_key:
+                gone = a if a not in by_key else b
+                missing.append(f"{decision.decision} pair: {index.describe(gone, decision.hints)[0] or gone} "
+                               f"is not indexed")
+                continue
+            scores.append(float((items.vectors[by_key[a]] @ items.vectors[by_key[b]].T).max()))
+            same.append(decision.decision == review.SAME)
+        if not scores:
+            raise ShoeSearchError(f"None of the {len(state.pairs)} review decisions concerns an indexed photo or product.")
+        result = calibrate(scores, same, target_precision=target_precision)
+        result["unmatched"] = missing
+        result["labels"] = "review decisions"
+        return result
+
+    def best_similarity(self, items: Items):
+        """A function (key a, key b) -> the best crop-pair cosine between them in `items`, or None."""
+        by_key: dict[str, list[int]] = {}
+        for i, payload in enumerate(items.payloads):
+            for key in review.part_keys(payload):
+                by_key.setdefault(key, []).append(i)
+
+        def score(a: str, b: str) -> float | None:
+            if a not in by_key or b not in by_key:
+                return None
+            return float((items.vectors[by_key[a]] @ items.vectors[by_key[b]].T).max())
+
+        return score
 
 
 def _label_key(value: str, labels_csv: Path) -> str:
@@ -263,12 +332,12 @@ def write_reports(result: ClusterResult, out_dir: Path, data_dir: Path, formats:
             writer = csv.writer(handle)
             writer.writerow(["group_id", "tier", "status", "size", "min_similarity", "mean_similarity",
                              "is_representative", "point_id", "factory", "product_id", "photo_path", "box",
-                             "similarity_to_representative"])
+                             "similarity_to_representative", "reviewed"])
             for g in result.groups:
                 for k, m in enumerate(g.members):
                     writer.writerow([g.id, g.tier, g.status, len(g.members), g.min_similarity, g.mean_similarity,
                                      int(k == 0), m.point_id, m.factory, m.product_id, m.photo_path,
-                                     json.dumps(m.box) if m.box else "", m.similarity])
+                                     json.dumps(m.box) if m.box else "", m.similarity, int(g.reviewed)])
         written.append(path)
     if "folders" in formats:
         written += _write_folders(result, out_dir, data_dir)
@@ -281,7 +350,8 @@ def write_reports(result: ClusterResult, out_dir: Path, data_dir: Path, formats:
 
 
 def _group_dict(g: Group) -> dict[str, Any]:
-    return {"id": g.id, "tier": g.tier, "status": g.status, "previous_ids": g.previous_ids, "size": len(g.members),
+    return {"id": g.id, "tier": g.tier, "status": g.status, "reviewed": g.reviewed, "previous_ids": g.previous_ids,
+            "size": len(g.members),
             "min_similarity": g.min_similarity, "mean_similarity": g.mean_similarity,
             "representative": asdict(g.representative), "members": [asdict(m) for m in g.members],
             "member_points": g.member_points}

@@ -282,6 +282,9 @@ class Decisions:
                                  f"{exc.strerror or exc}; nothing was changed") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # left by a killed writer
+                with contextlib.suppress(OSError):
+                    stale.unlink()
             state = self.load()
             yield state
             self._write(state)
