@@ -150,3 +150,16 @@ def test_cluster_usage_errors(indexed):
     bad = runner.invoke(app, ["cluster", "--format", "json,pdf", "-o", str(indexed[1] / "x")])
     assert bad.exit_code == 2 and "choose from json, csv, folders, collage" in bad.output
     assert not (indexed[1] / "x").exists()
+
+
+def test_cross_factory_complete_linkage_groups_hold_two_factories(indexed):
+    """Complete linkage used to split a cross-factory component into single-factory pieces."""
+    _, tmp = indexed
+    for dup, sim in (("0.995", "0.98"), ("0.99", "0.97"), ("0.95", "0.85")):
+        out = tmp / f"cross-{dup}"
+        _cluster("--scope", "cross-factory", "--linkage", "complete", "--duplicate-threshold", dup,
+                 "--similar-threshold", sim, "-o", str(out))
+        groups = json.loads((out / "groups.json").read_text())
+        assert groups, (dup, sim)
+        for g in groups:
+            assert len({m["factory"] for m in g["members"]}) >= 2, (dup, sim, g["id"])
