@@ -623,6 +623,10 @@ review_app = typer.Typer(
 app.add_typer(review_app, name="review")
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _decisions(settings: Settings):
     from core.review import Decisions
 
@@ -663,8 +667,8 @@ def review_status(as_json: JsonFlag = False) -> None:
     typer.echo(f"decisions: {decisions.path}" + ("" if decisions.path.exists() else " (none yet)"))
     kinds = ", ".join(f"{kind} {c['same']} same / {c['different']} different" for kind, c in counts["by_kind"].items())
     typer.echo(f"  {counts['same']} same, {counts['different']} different" + (f" ({kinds})" if kinds else ""))
-    typer.echo(f"  {counts['product_links']} product links in {len(linked)} linked product groups, "
-               f"{counts['representatives']} representatives chosen")
+    typer.echo(f"  {_n(counts['product_links'], 'product link')} in {_n(len(linked), 'linked product group')}, "
+               f"{_n(counts['representatives'], 'representative')} chosen")
     if counts["last_decided_at"]:
         typer.echo(f"  last decision {counts['last_decided_at']}")
     if last:
@@ -711,7 +715,7 @@ def review_export(
     if as_json:
         _print_json(result)
     elif products:
-        typer.echo(f"wrote {result['links']} product links in {result['product_groups']} groups to {path}")
+        typer.echo(f"wrote {_n(result['links'], 'product link')} in {_n(result['product_groups'], 'group')} to {path}")
     else:
         typer.echo(f"wrote {result['decisions']} decisions and {result['representatives']} representatives to {path}")
 
