@@ -28,7 +28,7 @@ RESERVED_PAYLOAD_KEYS = frozenset(
     {
         "factory", "product_id", "photo_path", "photo_sha256", "crop_index", "box",
         "detector_class", "detector_confidence", "width", "height", "crop_path", "model",
-        "ingested_at",
+        "ingested_at", "crop_phash",
     }
 )
 

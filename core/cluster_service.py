@@ -2,7 +2,7 @@
 
 The last run's groups are kept twice: in a sidecar (`DATA_DIR/clusters/<collection>.json`,
 group id -> member point ids, used to keep ids stable on the next run, and which groups were
-reviewed) and in the points' payload (`group_identical`, `group_duplicate`, `group_similar`), so
+reviewed) and in the points' payload (`group_identical`, `group_phash`, `group_duplicate`, `group_similar`), so
 searches can filter by group. Review decisions (core.review) sit beside the sidecar and bind
 every run.
 """
@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from core import review
+from core import photo_hash, review
 from core.clustering import (
-    ClusterSettings, Constraints, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix,
+    TIER_PREFIX, ClusterSettings, Constraints, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix,
 )
 from core.errors import EmptyIndex, ShoeSearchError
 from core.store import Store
 
-TIERS = ("identical", "duplicate", "similar")
+TIERS = ("identical", "phash", "duplicate", "similar")
 PAYLOAD_KEY = {tier: f"group_{tier}" for tier in TIERS}
 FORMATS = ("json", "csv", "folders", "collage")
 # Above this many crops the exact pair search gives way to k-nearest-neighbour candidates.
@@ -142,6 +142,8 @@ class ClusterService:
         if len(items) == 0:
             raise EmptyIndex(f"Nothing to cluster in {self.store.location}"
                              + (f" for factories {', '.join(factories)}" if factories else "") + ".")
+        if settings.hash_distance is not None:
+            self._fill_hashes(items, progress)
         loaded = time.perf_counter()
         if method == "auto":
             method = "exact" if len(items) <= EXACT_MAX_ITEMS else "knn"
@@ -170,6 +172,22 @@ class ClusterService:
             progress(1.0, "done")
         return result
 
+    def _fill_hashes(self, items: Items, progress: Callable[[float, str], None] | None = None) -> int:
+        """Crops indexed before perceptual hashes were stored get theirs, from their thumbnail, into
+        the payload (once). Returns how many were hashed."""
+        missing = [i for i, p in enumerate(items.payloads) if not p.get(photo_hash.PAYLOAD_KEY) and p.get("crop_path")]
+        for done, i in enumerate(missing, 1):
+            path = (self.data_dir / items.payloads[i]["crop_path"]).resolve()
+            if not path.is_relative_to(self.data_dir.resolve()):
+                continue
+            value = photo_hash.file_phash(path)
+            if value:
+                items.payloads[i][photo_hash.PAYLOAD_KEY] = value
+                self.store.set_payload([items.ids[i]], {photo_hash.PAYLOAD_KEY: value})
+            if progress and done % 200 == 0:
+                progress(0.05 * done / len(missing), "hashing thumbnails")
+        return len(missing)
+
     def _previous(self) -> dict[str, list[str]]:
         if not self.state_path.exists():
             return {}
@@ -188,8 +206,9 @@ class ClusterService:
             self.store.set_payload(group.member_points, {PAYLOAD_KEY[group.tier]: group.id})
         stale_keys: dict[str, list[str]] = {}
         for old_id, members in previous.items():
-            tier = next(t for t, prefix in (("identical", "idt"), ("duplicate", "dup"), ("similar", "sim"))
-                        if old_id.startswith(prefix + "-"))
+            tier = next((t for t, prefix in TIER_PREFIX.items() if old_id.startswith(prefix + "-")), None)
+            if tier is None:
+                continue
             for point in members:
                 if PAYLOAD_KEY[tier] not in assigned.get(point, {}):
                     stale_keys.setdefault(PAYLOAD_KEY[tier], []).append(point)

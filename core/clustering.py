@@ -1,7 +1,8 @@
 """Near-duplicate clustering: pure functions, vectors + ids + payloads in, groups out. No I/O.
 
-Tiers: `identical` (same photo bytes), `duplicate` (cosine >= 0.95 by default) and `similar`
-(>= 0.85). Groups are connected components of the pair graph at a tier's threshold. Single
+Tiers: `identical` (same photo bytes), `phash` (the same picture re-encoded, resized or
+re-compressed: crops whose 64-bit perceptual hashes differ in at most `hash_distance` bits, no
+model involved), `duplicate` (cosine >= 0.95 by default) and `similar` (>= 0.85). Groups are connected components of the pair graph at a tier's threshold. Single
 linkage can chain (A~B, B~C, A!~C), so every group reports its minimum internal similarity,
 and `linkage="complete"` splits components until every pair inside a group clears the
 threshold.
@@ -27,12 +28,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core import review
+from core import photo_hash, review
 
 Scope = Literal["all", "cross-factory", "within-factory"]
 Level = Literal["crop", "product"]
 Linkage = Literal["single", "complete"]
-TIER_PREFIX = {"identical": "idt", "duplicate": "dup", "similar": "sim"}
+TIER_PREFIX = {"identical": "idt", "phash": "phs", "duplicate": "dup", "similar": "sim"}
 # Components larger than this keep single linkage (their statistics are still exact).
 MAX_COMPLETE_LINKAGE = 4000
 
@@ -190,6 +191,7 @@ class ClusterSettings:
     representative: str = "medoid"  # medoid | largest | confidence | factory:NAME
     identical: bool = True
     block: int = 4096
+    hash_distance: int | None = 6  # phash tier: at most this many of 64 bits differ (None: no phash tier)
 
 
 @dataclass(frozen=True)
@@ -523,6 +525,36 @@ def identical_groups(items: Items, scope: Scope) -> list[Group]:
     return sorted(groups, key=lambda g: (-len(g.members), g.id))
 
 
+def hash_groups(items: Items, settings: ClusterSettings, labels: np.ndarray, nodes: list[list[int]],
+                node_of: np.ndarray, decided: _Decided) -> list[Group]:
+    """Crops whose perceptual hashes (payload `crop_phash`) are within `settings.hash_distance`
+    bits, joined nearest first (single linkage), never across a `different` decision; at product
+    level their products are joined. Groups of byte-identical copies only are left to the
+    identical tier. Min/mean similarity are cosines."""
+    values = [photo_hash.as_int(p.get(photo_hash.PAYLOAD_KEY)) for p in items.payloads]
+    have = np.array([i for i, v in enumerate(values) if v is not None], dtype=np.int64)
+    if len(have) < 2:
+        return []
+    hashes = np.array([values[i] for i in have], dtype=np.uint64)
+    r, c, distance = photo_hash.near_pairs(hashes, int(settings.hash_distance))
+    rows, cols = have[r], have[c]
+    if settings.scope != "all":
+        same = labels[rows] == labels[cols]
+        keep = ~same if settings.scope == "cross-factory" else same
+        rows, cols, distance = rows[keep], cols[keep], distance[keep]
+    a, b = node_of[rows], node_of[cols]
+    keep = a != b  # crops of one product do not pair with each other
+    a, b, distance = a[keep], b[keep], distance[keep]
+    union = _ConstrainedUnion(len(nodes), decided.cannot)  # confirmations do not make a copy of a photo
+    for k in np.argsort(distance, kind="stable").tolist():
+        union.union(int(a[k]), int(b[k]))
+    components = union.groups(set(a.tolist()) | set(b.tolist()))
+    node_labels = labels[[crops[0] for crops in nodes]]
+    groups = build_groups(items, nodes, components, "phash", -1.0, "single", settings.representative, decided,
+                          settings.scope, node_labels)
+    return [g for g in groups if len({review.crop_key(m.photo_sha256, m.crop_index) for m in g.members}) > 1]
+
+
 def cluster(items: Items, settings: ClusterSettings = ClusterSettings(),
             progress: Callable[[float], None] | None = None,
             candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
@@ -570,6 +602,8 @@ def cluster(items: Items, settings: ClusterSettings = ClusterSettings(),
     groups: list[Group] = []
     if settings.identical:
         groups += identical_groups(items, settings.scope)
+    if settings.hash_distance is not None:
+        groups += hash_groups(items, settings, labels, nodes, node_of, decided)
     for tier, threshold in (("duplicate", settings.duplicate_threshold), ("similar", settings.similar_threshold)):
         keep = scores >= threshold
         if constrained:

@@ -22,6 +22,8 @@ from core.embedder import Embedder
 from core.errors import BadImage, StoreUnavailable
 from core.ids import point_id
 from core.images import expand_box, file_sha256, load_photo_scaled, save_thumbnail
+from core.photo_hash import PAYLOAD_KEY as PHASH_KEY
+from core.photo_hash import crop_phash
 from core.models import Detection, FailedPhoto, IngestReport, PhotoSource
 from core.store import Store, StoredPoint, check_model
 
@@ -194,6 +196,8 @@ class IngestService:
             self._collection_ready = True
         list(pool.map(lambda pair: save_thumbnail(pair[0], self.data_dir / pair[1][1]["crop_path"],
                                                   self.thumbnail_size), zip(crops, payloads)))
+        for (_, payload), value in zip(payloads, pool.map(crop_phash, crops)):  # for the clustering's phash tier
+            payload[PHASH_KEY] = value
         try:
             # A photo edited in place (same path, new bytes): its old crops are stale.
             self._drop_replaced([item for item, _, _ in photos])

@@ -497,6 +497,9 @@ def import_command(
 def cluster_command(
     duplicate_threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine for the duplicate tier.")] = 0.95,
     similar_threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine for the similar tier.")] = 0.85,
+    hash_distance: Annotated[int, typer.Option(
+        min=-1, max=15, help="phash tier: crops whose 64-bit perceptual hashes differ in at most this many bits "
+                             "(re-encoded, resized copies); -1: no phash tier.")] = 6,
     scope: Annotated[str, typer.Option(help="all | cross-factory | within-factory")] = "all",
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
     level: Annotated[str, typer.Option(help="crop | product (a product pair scores its best crop pair)")] = "crop",
@@ -515,7 +518,7 @@ def cluster_command(
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Group near-duplicates (identical / duplicate / similar tiers) and write reports.
+    """Group near-duplicates (identical / phash / duplicate / similar tiers) and write reports.
 
     Review decisions (ingest review) bind every run: pairs decided different never share a group."""
     if labels is not None and not calibrate_:
@@ -548,7 +551,8 @@ def cluster_command(
                 result = service.calibrate(labels, target_precision)
                 _report_calibration(result, output, as_json)
                 return
-            options = ClusterSettings(duplicate_threshold, similar_threshold, scope, level, linkage, representative)
+            options = ClusterSettings(duplicate_threshold, similar_threshold, scope, level, linkage, representative,
+                                      hash_distance=None if hash_distance < 0 else hash_distance)
             with _progress_bar(as_json) as (bar, task):
                 outcome = service.run(options, factories=factory, method=method,
                                       progress=lambda f, what: bar.update(task, completed=f * 100, description=what))
@@ -652,7 +656,8 @@ def review_status(as_json: JsonFlag = False) -> None:
                 saved = {}
             reviewed = set(saved.get("reviewed", []))
             for group_id in saved.get("groups", {}):
-                tier = {"idt": "identical", "dup": "duplicate", "sim": "similar"}.get(group_id[:3], "similar")
+                tier = {"idt": "identical", "phs": "phash", "dup": "duplicate", "sim": "similar"}.get(
+                    group_id[:3], "similar")
                 counts = last.setdefault(tier, {"groups": 0, "reviewed": 0})
                 counts["groups"] += 1
                 counts["reviewed"] += group_id in reviewed
@@ -673,7 +678,7 @@ def review_status(as_json: JsonFlag = False) -> None:
         typer.echo(f"  last decision {counts['last_decided_at']}")
     if last:
         typer.echo(f"last clustering ({data['last_clustering']['saved_at']}):")
-        for tier in ("duplicate", "similar", "identical"):
+        for tier in ("duplicate", "similar", "phash", "identical"):
             if tier in last:
                 c = data["last_clustering"]["tiers"][tier]
                 typer.echo(f"  {tier:<10} {c['groups']:>6} groups, {c['reviewed']:>6} reviewed, {c['to_review']:>6} to review")

@@ -60,7 +60,7 @@ def group_payload_key(group_id: str) -> str:
     from core.cluster_service import PAYLOAD_KEY
 
     prefix = group_id.split("-", 1)[0]
-    tier = {"idt": "identical", "dup": "duplicate", "sim": "similar"}.get(prefix, "similar")
+    tier = {"idt": "identical", "phs": "phash", "dup": "duplicate", "sim": "similar"}.get(prefix, "similar")
     return PAYLOAD_KEY[tier]
 
 
@@ -72,12 +72,12 @@ def _group_record(group, level: str = "crop") -> dict[str, Any]:
             "level": level, "members": [asdict(m) for m in group.members]}
 
 
-TIER_ORDER = {"duplicate": 0, "similar": 1, "identical": 2}
+TIER_ORDER = {"duplicate": 0, "similar": 1, "phash": 2, "identical": 3}
 
 
 def review_order(group: dict[str, Any]) -> tuple:
     """Groups as a reviewer takes them: to review first, cross-factory before within-factory, the
-    duplicate tier before the similar one, larger first; byte-identical groups last."""
+    duplicate tier, then similar, then perceptual-hash copies, larger first; byte-identical groups last."""
     return (group["tier"] == "identical", bool(group.get("reviewed")), len(group["factories"]) < 2,
             TIER_ORDER.get(group["tier"], 3), -group["size"], group["id"])
 
@@ -594,7 +594,7 @@ DETAIL_FIELDS = (  # (label, payload key) shown on a result's card, in this orde
 )
 _CARD_HIDDEN = {"factory", "product_id", "photo_path", "photo_width", "photo_height", "box", "detector_class",
                 "detector_confidence", "ingested_at", "photo_sha256", "crop_path", "crop_index", "width", "height",
-                "model", "background"}
+                "model", "background", "crop_phash"}
 
 
 def detail_card(hit: HitRecord, file_bytes: int | None = None) -> str:

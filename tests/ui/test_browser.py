@@ -248,7 +248,7 @@ def test_duplicates_groups_members_heatmap_and_search_within_a_group(served, pag
     expect()(page.locator("#duplicates-status")).to_contain_text("crops clustered", timeout=60_000)
     groups = captions(page, "groups")
     expect()(groups.first).to_contain_text("-", timeout=WAIT)
-    assert all(t.split("-")[0] in {"dup", "sim", "idt"} for t in groups.all_inner_texts())
+    assert all(t.split("-")[0] in {"dup", "sim", "phs", "idt"} for t in groups.all_inner_texts())
     heatmap = page.locator("#heatmap img")
     expect()(heatmap).to_be_visible()
     assert page.eval_on_selector("#heatmap img", "img => img.complete && img.naturalWidth > 200")

@@ -220,9 +220,10 @@ def test_find_duplicates_lists_groups_heatmap_and_reports(handlers):
     found = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
     assert found.status.startswith(f"**{handlers.store.count()} crops** clustered")
     assert "| duplicate |" in found.status and "| similar |" in found.status
-    # Review order (issue 16): to review first, cross-factory before within-factory, duplicate tier
-    # before similar, then largest first; byte-identical groups last.
-    order = [(g["tier"] == "identical", g["reviewed"], len(g["factories"]) < 2, g["tier"] != "duplicate", -g["size"])
+    # Review order (issue 16): to review first, cross-factory before within-factory, duplicate tier,
+    # then similar, then perceptual-hash copies, then largest first; byte-identical groups last.
+    tiers = {"duplicate": 0, "similar": 1, "phash": 2, "identical": 3}
+    order = [(g["tier"] == "identical", g["reviewed"], len(g["factories"]) < 2, tiers[g["tier"]], -g["size"])
              for g in found.groups]
     assert order == sorted(order)
     sizes = [g["size"] for g in found.groups if g["tier"] == "duplicate" and len(g["factories"]) > 1]
