@@ -1,11 +1,12 @@
 """Clustering runs against the store: read vectors, cluster, keep ids stable, write reports.
 
 The last run's groups are kept twice: in a sidecar (`DATA_DIR/clusters/<collection>.json`,
-group id -> member point ids, used to keep ids stable on the next run) and in the points'
-payload (`group_identical`, `group_duplicate`, `group_similar`), so searches can filter by
-group. Payloads are written first, the sidecar last (atomically); each run compares every
-point's payload with the groups it should carry, so group ids left by a killed run (in
-payloads, unknown to the sidecar) are cleared by the next run.
+group id -> member point ids, used to keep ids stable on the next run, and which groups were
+reviewed) and in the points' payload (`group_identical`, `group_phash`, `group_duplicate`,
+`group_similar`), so searches can filter by group. Payloads are written first, the sidecar last
+(atomically); each run compares every point's payload with the groups it should carry, so group
+ids left by a killed run (in payloads, unknown to the sidecar) are cleared by the next run.
+Review decisions (core.review) sit beside the sidecar and bind every run.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from core.clustering import ClusterSettings, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix
+from core import photo_hash, review
+from core.clustering import (
+    ClusterSettings, Constraints, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix,
+)
 from core.diskspace import writing
 from core.errors import EmptyIndex, ShoeSearchError
 from core.models import GROUP_KEY_PREFIX
 from core.journal import crash_point
 from core.store import Store
 
-TIERS = ("identical", "duplicate", "similar")
+TIERS = ("identical", "phash", "duplicate", "similar")
 PAYLOAD_KEY = {tier: f"{GROUP_KEY_PREFIX}{tier}" for tier in TIERS}
 FORMATS = ("json", "csv", "folders", "collage")
 # Above this many crops the exact pair search gives way to k-nearest-neighbour candidates.
@@ -60,6 +64,7 @@ class ClusterResult:
             groups = self.by_tier(tier)
             tiers[tier] = {
                 "groups": len(groups),
+                "reviewed": sum(g.reviewed for g in groups),
                 "items_in_groups": sum(len(g.member_points) for g in groups),
                 "largest": max((len(g.members) for g in groups), default=0),
                 "status": dict(Counter(g.status for g in groups)),
@@ -123,6 +128,13 @@ class ClusterService:
         self.store = store
         self.data_dir = Path(data_dir)
         self.state_path = self.data_dir / "clusters" / f"{store.collection}.json"
+        self.decisions = review.Decisions(self.data_dir, store.collection)
+
+    def constraints(self) -> Constraints:
+        """The review decisions as clustering constraints."""
+        state = self.decisions.load()
+        return Constraints(tuple(state.same_pairs()), tuple(state.different_pairs()),
+                           frozenset(state.representatives))
 
     def run(self, settings: ClusterSettings, factories: Sequence[str] | None = None, method: str = "auto",
             knn: int = 32, progress: Callable[[float, str], None] | None = None) -> ClusterResult:
@@ -131,10 +143,13 @@ class ClusterService:
         self.store.check_writable("saving group ids")  # before the work, not after it
         if progress:
             progress(0.0, "reading vectors")
+        constraints = self.constraints()  # a damaged decisions file stops here, before any work
         items = load_items(self.store, factories)
         if len(items) == 0:
             raise EmptyIndex(f"Nothing to cluster in {self.store.location}"
                              + (f" for factories {', '.join(factories)}" if factories else "") + ".")
+        if settings.hash_distance is not None:
+            self._fill_hashes(items, progress)
         loaded = time.perf_counter()
         if method == "auto":
             method = "exact" if len(items) <= EXACT_MAX_ITEMS else "knn"
@@ -143,7 +158,7 @@ class ClusterService:
             low = min(settings.duplicate_threshold, settings.similar_threshold)
             candidates = knn_candidates(self.store, items, knn, low)
         groups = cluster(items, settings, progress=(lambda f: progress(0.05 + 0.8 * f, "comparing")) if progress else None,
-                         candidates=candidates)
+                         candidates=candidates, constraints=constraints)
         clustered = time.perf_counter()
         previous = self._previous()
         dissolved = assign_stable_ids(groups, previous)
@@ -162,6 +177,22 @@ class ClusterService:
         if progress:
             progress(1.0, "done")
         return result
+
+    def _fill_hashes(self, items: Items, progress: Callable[[float, str], None] | None = None) -> int:
+        """Crops indexed before perceptual hashes were stored get theirs, from their thumbnail, into
+        the payload (once). Returns how many were hashed."""
+        missing = [i for i, p in enumerate(items.payloads) if not p.get(photo_hash.PAYLOAD_KEY) and p.get("crop_path")]
+        for done, i in enumerate(missing, 1):
+            path = (self.data_dir / items.payloads[i]["crop_path"]).resolve()
+            if not path.is_relative_to(self.data_dir.resolve()):
+                continue
+            value = photo_hash.file_phash(path)
+            if value:
+                items.payloads[i][photo_hash.PAYLOAD_KEY] = value
+                self.store.set_payload([items.ids[i]], {photo_hash.PAYLOAD_KEY: value})
+            if progress and done % 200 == 0:
+                progress(0.05 * done / len(missing), "hashing thumbnails")
+        return len(missing)
 
     def _previous(self) -> dict[str, list[str]]:
         if not self.state_path.exists():
@@ -192,25 +223,39 @@ class ClusterService:
                      if payload.get(key) is not None and key not in assigned.get(pid, {})]
             self.store.set_payload(stale, {key: None})
         crash_point("cluster.before_sidecar")
-        with writing(self.state_path.parent, "saving the groups"):
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                       "groups": {g.id: g.member_points for g in groups}}))
-            tmp.replace(self.state_path)
+        try:
+            with writing(self.state_path.parent, "saving the groups"):
+                self.state_path.parent.mkdir(parents=True, exist_ok=True)
+                review.atomic_write(self.state_path, json.dumps({
+                    "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "groups": {g.id: g.member_points for g in groups},
+                    "reviewed": sorted(g.id for g in groups if g.reviewed)}).encode())
+        except OSError as exc:
+            raise ShoeSearchError(f"cannot save the group ids to {self.state_path}: {exc.strerror or exc} (the "
+                                  f"groups are in the points' payload; the next run may give new ids)") from None
 
     def last_groups(self) -> dict[str, list[str]]:
         """The last run's groups: id -> member point ids."""
         return self._previous()
 
+    def last_reviewed(self) -> set[str]:
+        """Ids of the last run's groups that were fully reviewed."""
+        try:
+            return set(json.loads(self.state_path.read_text()).get("reviewed", []))
+        except (OSError, ValueError, AttributeError):
+            return set()
+
     # ------------------------------------------------------------------ calibration
 
-    def calibrate(self, labels_csv: Path, target_precision: float = 0.95) -> dict[str, Any]:
+    def calibrate(self, labels_csv: Path | None, target_precision: float = 0.95) -> dict[str, Any]:
         """Score labelled pairs (`a,b,same`: photo paths or product ids) with their best crop
-        pair and compute precision/recall/F1 per threshold."""
+        pair and compute precision/recall/F1 per threshold. Without a file the review decisions
+        are the labels (`same` / `different` pairs of crops, photos and products)."""
         items = load_items(self.store)
         if len(items) == 0:
             raise EmptyIndex(f"Nothing indexed in {self.store.location} to calibrate on.")
+        if labels_csv is None:
+            return self._calibrate_on_decisions(items, target_precision)
         by_key: dict[str, list[int]] = {}
         for i, payload in enumerate(items.payloads):
             for key in (payload.get("photo_path"), payload.get("product_id")):
@@ -234,6 +279,48 @@ class ClusterService:
         result = calibrate(scores, same, target_precision=target_precision)
         result["unmatched"] = missing
         return result
+
+
+    def _calibrate_on_decisions(self, items: Items, target_precision: float) -> dict[str, Any]:
+        state = self.decisions.load()
+        if not state.pairs:
+            raise ShoeSearchError(
+                f"No review decisions yet ({self.decisions.path}): review groups in the UI's Duplicates tab or "
+                f"`ingest review import FILE`, or give a labels file: ingest cluster --calibrate LABELS.csv")
+        by_key: dict[str, list[int]] = {}
+        for i, payload in enumerate(items.payloads):
+            for key in review.part_keys(payload):
+                by_key.setdefault(key, []).append(i)
+        index = review.ContentIndex(items.payloads)
+        scores, same, missing = [], [], []
+        for (a, b), decision in sorted(state.pairs.items()):
+            if a not in by_key or b not in by_key:
+                gone = a if a not in by_key else b
+                missing.append(f"{decision.decision} pair: {index.describe(gone, decision.hints)[0] or gone} "
+                               f"is not indexed")
+                continue
+            scores.append(float((items.vectors[by_key[a]] @ items.vectors[by_key[b]].T).max()))
+            same.append(decision.decision == review.SAME)
+        if not scores:
+            raise ShoeSearchError(f"None of the {len(state.pairs)} review decisions concerns an indexed photo or product.")
+        result = calibrate(scores, same, target_precision=target_precision)
+        result["unmatched"] = missing
+        result["labels"] = "review decisions"
+        return result
+
+    def best_similarity(self, items: Items):
+        """A function (key a, key b) -> the best crop-pair cosine between them in `items`, or None."""
+        by_key: dict[str, list[int]] = {}
+        for i, payload in enumerate(items.payloads):
+            for key in review.part_keys(payload):
+                by_key.setdefault(key, []).append(i)
+
+        def score(a: str, b: str) -> float | None:
+            if a not in by_key or b not in by_key:
+                return None
+            return float((items.vectors[by_key[a]] @ items.vectors[by_key[b]].T).max())
+
+        return score
 
 
 def _label_key(value: str, labels_csv: Path) -> str:
@@ -273,12 +360,12 @@ def write_reports(result: ClusterResult, out_dir: Path, data_dir: Path, formats:
             writer = csv.writer(handle)
             writer.writerow(["group_id", "tier", "status", "size", "min_similarity", "mean_similarity",
                              "is_representative", "point_id", "factory", "product_id", "photo_path", "box",
-                             "similarity_to_representative"])
+                             "similarity_to_representative", "reviewed"])
             for g in result.groups:
                 for k, m in enumerate(g.members):
                     writer.writerow([g.id, g.tier, g.status, len(g.members), g.min_similarity, g.mean_similarity,
                                      int(k == 0), m.point_id, m.factory, m.product_id, m.photo_path,
-                                     json.dumps(m.box) if m.box else "", m.similarity])
+                                     json.dumps(m.box) if m.box else "", m.similarity, int(g.reviewed)])
         written.append(path)
     if "folders" in formats:
         written += _write_folders(result, out_dir, data_dir)
@@ -291,7 +378,8 @@ def write_reports(result: ClusterResult, out_dir: Path, data_dir: Path, formats:
 
 
 def _group_dict(g: Group) -> dict[str, Any]:
-    return {"id": g.id, "tier": g.tier, "status": g.status, "previous_ids": g.previous_ids, "size": len(g.members),
+    return {"id": g.id, "tier": g.tier, "status": g.status, "reviewed": g.reviewed, "previous_ids": g.previous_ids,
+            "size": len(g.members),
             "min_similarity": g.min_similarity, "mean_similarity": g.mean_similarity,
             "representative": asdict(g.representative), "members": [asdict(m) for m in g.members],
             "member_points": g.member_points}

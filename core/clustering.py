@@ -1,7 +1,8 @@
 """Near-duplicate clustering: pure functions, vectors + ids + payloads in, groups out. No I/O.
 
-Tiers: `identical` (same photo bytes), `duplicate` (cosine >= 0.95 by default) and `similar`
-(>= 0.85). Groups are connected components of the pair graph at a tier's threshold. Single
+Tiers: `identical` (same photo bytes), `phash` (the same picture re-encoded, resized or
+re-compressed: crops whose 64-bit perceptual hashes differ in at most `hash_distance` bits, no
+model involved), `duplicate` (cosine >= 0.95 by default) and `similar` (>= 0.85). Groups are connected components of the pair graph at a tier's threshold. Single
 linkage can chain (A~B, B~C, A!~C), so every group reports its minimum internal similarity,
 and `linkage="complete"` splits components until every pair inside a group clears the
 threshold.
@@ -10,22 +11,29 @@ Pairs are found exactly by blocked matrix products on L2-normalized vectors (mem
 the block size, never N x N). `scope` keeps all pairs, cross-factory pairs only (who sells the
 same shoe) or within-factory pairs only. `level="product"` aggregates crops to products: a
 product pair scores its best crop pair.
+
+Review decisions (`Constraints`, content keys from core.review) bind every tier, threshold and
+linkage: a pair decided `different` never shares a group, pairs decided `same` are grouped
+whatever their similarity, and a group whose members are all joined by `same` decisions is
+`reviewed`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
+from core import photo_hash, review
+
 Scope = Literal["all", "cross-factory", "within-factory"]
 Level = Literal["crop", "product"]
 Linkage = Literal["single", "complete"]
-TIER_PREFIX = {"identical": "idt", "duplicate": "dup", "similar": "sim"}
+TIER_PREFIX = {"identical": "idt", "phash": "phs", "duplicate": "dup", "similar": "sim"}
 # Components larger than this keep single linkage (their statistics are still exact).
 MAX_COMPLETE_LINKAGE = 4000
 
@@ -129,12 +137,15 @@ class Member:
     box: list[int] | None
     crop_path: str | None
     similarity: float  # to the group's representative (1.0 for the representative)
+    photo_sha256: str = ""  # the photo's content: what review decisions are keyed by
+    crop_index: int = 0
 
     @classmethod
     def of(cls, point_id: str, payload: Mapping[str, Any], similarity: float) -> Member:
         return cls(point_id, str(payload.get("factory", "")), str(payload.get("product_id", "")),
                    str(payload.get("photo_path", "")), payload.get("box"), payload.get("crop_path"),
-                   round(float(similarity), 6))
+                   round(float(similarity), 6), str(payload.get("photo_sha256") or ""),
+                   int(payload.get("crop_index") or 0))
 
 
 @dataclass
@@ -147,6 +158,7 @@ class Group:
     status: str = "new"  # new | unchanged | grown | shrunk | merged | split
     previous_ids: list[str] = field(default_factory=list)
     member_points: list[str] = field(default_factory=list)  # every crop covered (product level: all crops)
+    reviewed: bool = False  # every member joined to the others by `same` decisions
 
     @property
     def representative(self) -> Member:
@@ -179,6 +191,21 @@ class ClusterSettings:
     representative: str = "medoid"  # medoid | largest | confidence | factory:NAME
     identical: bool = True
     block: int = 4096
+    hash_distance: int | None = 6  # phash tier: at most this many of 64 bits differ (None: no phash tier)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Review decisions as pairs of content keys (core.review): `same` pairs stay in one group at
+    any threshold, `different` pairs never share one; `representatives` are crop keys preferred
+    as their group's representative."""
+
+    same: tuple[tuple[str, str], ...] = ()
+    different: tuple[tuple[str, str], ...] = ()
+    representatives: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.same or self.different or self.representatives)
 
 
 def _nodes(items: Items, level: Level) -> list[list[int]]:
@@ -215,16 +242,18 @@ def _node_scores(items: Items, nodes: list[list[int]], members: list[int]) -> np
     return np.vstack([rows for _, rows in _score_rows(items, nodes, members)])
 
 
-def _representative(scores: np.ndarray, members: list[int], nodes: list[list[int]], items: Items, rule: str) -> int:
+def _representative(scores: np.ndarray, members: list[int], nodes: list[list[int]], items: Items, rule: str,
+                    preferred: Sequence[int] = ()) -> int:
     """Position (in `members`) of the group's representative, by `rule`:
     medoid = highest mean similarity to the others; largest = most pixels;
-    confidence = highest detector confidence; factory:NAME = that factory's medoid first."""
+    confidence = highest detector confidence; factory:NAME = that factory's medoid first.
+    `preferred` positions (a person made them representative) are chosen from first."""
     mean = (scores.sum(axis=1) - np.diag(scores)) / max(1, len(members) - 1)
 
     def payload(pos: int) -> dict[str, Any]:
         return items.payloads[nodes[members[pos]][0]]
 
-    order = list(range(len(members)))
+    order = list(preferred) or list(range(len(members)))
     if rule == "largest":
         return max(order, key=lambda p: (int(payload(p).get("width") or 0) * int(payload(p).get("height") or 0), mean[p]))
     if rule == "confidence":
@@ -232,7 +261,7 @@ def _representative(scores: np.ndarray, members: list[int], nodes: list[list[int
     if rule.startswith("factory:"):
         wanted = rule.split(":", 1)[1]
         return max(order, key=lambda p: (payload(p).get("factory") == wanted, mean[p]))
-    return int(np.argmax(mean))
+    return max(order, key=lambda p: mean[p])
 
 
 def _stats(scores: np.ndarray) -> tuple[float, float]:
@@ -240,24 +269,187 @@ def _stats(scores: np.ndarray) -> tuple[float, float]:
     return float(upper.min()), float(upper.mean())
 
 
+class _ConstrainedUnion:
+    """Union-find that refuses a union putting two nodes decided `different` in one set."""
+
+    def __init__(self, n: int, cannot: Mapping[int, set[int]]) -> None:
+        self.parent = list(range(n))
+        self.forbidden: dict[int, set[int]] = {node: set(others) for node, others in cannot.items()}
+
+    def copy(self) -> _ConstrainedUnion:
+        other = _ConstrainedUnion.__new__(_ConstrainedUnion)
+        other.parent = list(self.parent)
+        other.forbidden = dict(self.forbidden)  # sets are replaced on union, never changed in place
+        return other
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return True
+        fa, fb = self.forbidden.get(ra), self.forbidden.get(rb)
+        if fa or fb:
+            small, other_root = (fa, rb) if fa and (not fb or len(fa) <= len(fb)) else (fb, ra)
+            if any(self.find(x) == other_root for x in small):
+                return False
+        root, child = min(ra, rb), max(ra, rb)
+        self.parent[child] = root
+        if fa or fb:
+            self.forbidden[root] = (fa or set()) | (fb or set())
+            self.forbidden.pop(child, None)
+        return True
+
+    def groups(self, nodes: Iterable[int]) -> list[list[int]]:
+        members: dict[int, list[int]] = defaultdict(list)
+        for node in nodes:
+            members[self.find(node)].append(node)
+        return sorted((sorted(m) for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
+
+
+class _Decided:
+    """Review decisions resolved to one run's nodes (crops or products).
+
+    `same` reaches a node through its link keys (crop and photo; product too at product level),
+    `different` through its part keys (crop, photo, product). A `same` pair that would join two
+    nodes decided `different` (directly or through other `same` pairs) is ignored: a rejection
+    always wins."""
+
+    def __init__(self, items: Items, nodes: list[list[int]], level: Level, constraints: Constraints,
+                 node_labels: np.ndarray, scope: Scope) -> None:
+        self.link_keys: list[set[str]] = []
+        part: list[set[str]] = []
+        for crops in nodes:
+            links, parts = set(), set()
+            for c in crops:
+                links |= review.link_keys(items.payloads[c])
+                parts |= review.part_keys(items.payloads[c])
+            if level == "product":
+                links |= {k for k in parts if review.key_kind(k) == "product"}
+            self.link_keys.append(links)
+            part.append(parts)
+        link_nodes, part_nodes = _key_index(self.link_keys), _key_index(part)
+        self.cannot: dict[int, set[int]] = defaultdict(set)
+        for a, b in constraints.different:
+            for u in part_nodes.get(a, ()):
+                for v in part_nodes.get(b, ()):
+                    if u != v:
+                        self.cannot[u].add(v)
+                        self.cannot[v].add(u)
+        self.cannot = dict(self.cannot)
+        must_pairs = set()
+        for a, b in constraints.same:
+            for u in link_nodes.get(a, ()):
+                for v in link_nodes.get(b, ()):
+                    if u != v and v not in self.cannot.get(u, ()):
+                        must_pairs.add((min(u, v), max(u, v)))
+        if scope != "all":  # the scope decides which pairs count, decided ones too
+            must_pairs = {(u, v) for u, v in must_pairs
+                          if (node_labels[u] == node_labels[v]) == (scope == "within-factory")}
+        self.must = _ConstrainedUnion(len(nodes), self.cannot)
+        self.linked_nodes: set[int] = set()
+        for u, v in sorted(must_pairs):
+            if self.must.union(u, v):
+                self.linked_nodes.update((u, v))
+        self.same_index: dict[str, set[str]] = defaultdict(set)
+        for a, b in constraints.same:
+            self.same_index[a].add(b)
+            self.same_index[b].add(a)
+        self.preferred = {n for n, crops in enumerate(nodes) if any(
+            review.payload_keys(items.payloads[c])[0] in constraints.representatives for c in crops)}
+
+    def components(self, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray) -> list[list[int]]:
+        """Groups of the tier's pair graph plus the `same` pairs, joined best pair first and
+        never across a `different` decision (single linkage under constraints)."""
+        union = self.must.copy()
+        touched = set(self.linked_nodes)
+        for k in np.argsort(-scores, kind="stable").tolist():
+            a, b = int(rows[k]), int(cols[k])
+            union.union(a, b)
+            touched.update((a, b))
+        return union.groups(touched)
+
+    def reviewed(self, members: Sequence[int]) -> bool:
+        return review.connected([self.link_keys[m] for m in members], self.same_index)
+
+
+def _key_index(key_sets: Sequence[set[str]]) -> dict[str, list[int]]:
+    index: dict[str, list[int]] = defaultdict(list)
+    for node, keys in enumerate(key_sets):
+        for key in keys:
+            index[key].append(node)
+    return index
+
+
 def build_groups(items: Items, nodes: list[list[int]], components: list[list[int]], tier: str, threshold: float,
-                 linkage: Linkage, rule: str) -> list[Group]:
+                 linkage: Linkage, rule: str, decided: _Decided | None = None, scope: Scope = "all",
+                 node_labels: np.ndarray | None = None) -> list[Group]:
     """Turn node components into Groups: optional complete-linkage split, representative,
-    similarity to it, min/mean internal similarity."""
+    similarity to it, min/mean internal similarity, reviewed or not.
+
+    With scope cross-factory, complete linkage judges cross-factory pairs only (as the pair
+    graph does) and pieces holding a single factory are dropped."""
     groups = []
+    cross = scope == "cross-factory" and node_labels is not None
     for component in components:
         if len(component) > MAX_COMPLETE_LINKAGE:
             groups.append(_large_group(items, nodes, component, tier))
+            if decided is not None:
+                groups[-1].reviewed = decided.reviewed(component)
             continue
         scores = _node_scores(items, nodes, component)
-        parts = complete_linkage(scores, threshold) if linkage == "complete" else [list(range(len(component)))]
+        if linkage == "complete":
+            parts = complete_linkage(_linkage_scores(scores, component, threshold, node_labels if cross else None,
+                                                     decided), threshold)
+        else:
+            parts = [list(range(len(component)))]
         for part in parts:
-            sub = scores[np.ix_(part, part)]
             members = [component[p] for p in part]
-            rep = _representative(sub, members, nodes, items, rule)
+            if cross and len({int(node_labels[m]) for m in members}) < 2:
+                continue
+            sub = scores[np.ix_(part, part)]
+            preferred = [k for k, m in enumerate(members) if decided is not None and m in decided.preferred]
+            rep = _representative(sub, members, nodes, items, rule, preferred)
             low, mean = _stats(sub)
-            groups.append(_group(items, nodes, members, rep, sub[rep], tier, low, mean))
+            group = _group(items, nodes, members, rep, sub[rep], tier, low, mean)
+            if decided is not None:
+                group.reviewed = decided.reviewed(members)
+            groups.append(group)
     return sorted(groups, key=lambda g: (-len(g.members), g.id))
+
+
+def _linkage_scores(scores: np.ndarray, component: list[int], threshold: float, node_labels: np.ndarray | None,
+                    decided: _Decided | None) -> np.ndarray:
+    """The similarities complete linkage works on: with `node_labels` (cross-factory scope)
+    same-factory pairs sit exactly at the threshold, so they neither block a merge nor drive one
+    ahead of a real cross-factory pair; pairs decided different are -1 (never together) and
+    members of one `same` component are 1 (always together)."""
+    linked = scores.astype(np.float64)
+    if node_labels is not None:
+        labels = node_labels[component]
+        linked[labels[:, None] == labels[None, :]] = threshold
+    if decided is not None:
+        position = {node: k for k, node in enumerate(component)}
+        by_root: dict[int, list[int]] = defaultdict(list)
+        for node in component:
+            if node in decided.linked_nodes:
+                by_root[decided.must.find(node)].append(position[node])
+        for together in by_root.values():
+            if len(together) > 1:
+                linked[np.ix_(together, together)] = 1.0
+        for node in component:
+            for other in decided.cannot.get(node, ()):
+                if other in position:
+                    linked[position[node], position[other]] = linked[position[other], position[node]] = -1.0
+    np.fill_diagonal(linked, 1.0)
+    return linked
 
 
 def _group(items: Items, nodes: list[list[int]], members: list[int], rep: int, to_rep: np.ndarray,
@@ -327,17 +519,51 @@ def identical_groups(items: Items, scope: Scope) -> list[Group]:
             continue
         ids = sorted(items.ids[i] for i in members)
         group_members = [Member.of(items.ids[i], items.payloads[i], 1.0) for i in sorted(members, key=lambda i: items.ids[i])]
-        groups.append(Group(_content_id("identical", ids), "identical", group_members, 1.0, 1.0, member_points=ids))
+        # The same bytes are the same shoe: nothing for a person to decide.
+        groups.append(Group(_content_id("identical", ids), "identical", group_members, 1.0, 1.0, member_points=ids,
+                            reviewed=True))
     return sorted(groups, key=lambda g: (-len(g.members), g.id))
+
+
+def hash_groups(items: Items, settings: ClusterSettings, labels: np.ndarray, nodes: list[list[int]],
+                node_of: np.ndarray, decided: _Decided) -> list[Group]:
+    """Crops whose perceptual hashes (payload `crop_phash`) are within `settings.hash_distance`
+    bits, joined nearest first (single linkage), never across a `different` decision; at product
+    level their products are joined. Groups of byte-identical copies only are left to the
+    identical tier. Min/mean similarity are cosines."""
+    values = [photo_hash.as_int(p.get(photo_hash.PAYLOAD_KEY)) for p in items.payloads]
+    have = np.array([i for i, v in enumerate(values) if v is not None], dtype=np.int64)
+    if len(have) < 2:
+        return []
+    hashes = np.array([values[i] for i in have], dtype=np.uint64)
+    r, c, distance = photo_hash.near_pairs(hashes, int(settings.hash_distance))
+    rows, cols = have[r], have[c]
+    if settings.scope != "all":
+        same = labels[rows] == labels[cols]
+        keep = ~same if settings.scope == "cross-factory" else same
+        rows, cols, distance = rows[keep], cols[keep], distance[keep]
+    a, b = node_of[rows], node_of[cols]
+    keep = a != b  # crops of one product do not pair with each other
+    a, b, distance = a[keep], b[keep], distance[keep]
+    union = _ConstrainedUnion(len(nodes), decided.cannot)  # confirmations do not make a copy of a photo
+    for k in np.argsort(distance, kind="stable").tolist():
+        union.union(int(a[k]), int(b[k]))
+    components = union.groups(set(a.tolist()) | set(b.tolist()))
+    node_labels = labels[[crops[0] for crops in nodes]]
+    groups = build_groups(items, nodes, components, "phash", -1.0, "single", settings.representative, decided,
+                          settings.scope, node_labels)
+    return [g for g in groups if len({review.crop_key(m.photo_sha256, m.crop_index) for m in g.members}) > 1]
 
 
 def cluster(items: Items, settings: ClusterSettings = ClusterSettings(),
             progress: Callable[[float], None] | None = None,
-            candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[Group]:
+            candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+            constraints: Constraints = Constraints()) -> list[Group]:
     """Every group of every tier for `items`, largest first within a tier.
 
     Pairs come from the exact blocked search, or from `candidates` (rows, cols, exact sims),
-    e.g. nearest neighbours from the store's index for very large catalogues.
+    e.g. nearest neighbours from the store's index for very large catalogues. `constraints`
+    (review decisions) bind every tier: see the module's docstring.
     """
     if len(items) < 2:
         return []
@@ -370,13 +596,22 @@ def cluster(items: Items, settings: ClusterSettings = ClusterSettings(),
             progress(min(1.0, done / total_blocks))
     pairs, scores = _best_per_key(keys, values, len(nodes))
 
+    node_labels = labels[[crops[0] for crops in nodes]]
+    decided = _Decided(items, nodes, settings.level, constraints, node_labels, settings.scope)
+    constrained = bool(constraints.same or constraints.different)
     groups: list[Group] = []
     if settings.identical:
         groups += identical_groups(items, settings.scope)
+    if settings.hash_distance is not None:
+        groups += hash_groups(items, settings, labels, nodes, node_of, decided)
     for tier, threshold in (("duplicate", settings.duplicate_threshold), ("similar", settings.similar_threshold)):
         keep = scores >= threshold
-        components = connected_components(len(nodes), pairs[keep, 0], pairs[keep, 1])
-        groups += build_groups(items, nodes, components, tier, threshold, settings.linkage, settings.representative)
+        if constrained:
+            components = decided.components(pairs[keep, 0], pairs[keep, 1], scores[keep])
+        else:
+            components = connected_components(len(nodes), pairs[keep, 0], pairs[keep, 1])
+        groups += build_groups(items, nodes, components, tier, threshold, settings.linkage, settings.representative,
+                               decided, settings.scope, node_labels)
     return groups
 
 

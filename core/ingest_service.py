@@ -33,6 +33,8 @@ from core.ids import point_id
 from core.images import PixelBudget, expand_box, file_sha256, read_photo, save_thumbnail
 from core.journal import Journal, crash_point
 from core.models import CropPayload, Detection, FailedPhoto, IngestReport, PhotoSource
+from core.photo_hash import PAYLOAD_KEY as PHASH_KEY
+from core.photo_hash import crop_phash
 from core.store import Store, StoredPoint, check_model
 
 # Past this many points the embedded store builds its HNSW index after an ingest run.
@@ -227,6 +229,8 @@ class IngestService:
             self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]))
             self._collection_ready = True
         self._check_space("writing this batch's thumbnails")
+        for (_, payload), value in zip(payloads, pool.map(crop_phash, crops)):  # for the clustering's phash tier
+            payload[PHASH_KEY] = value
         points = [StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)]
         try:
             # A photo edited in place (same path, new bytes): its old crops are stale.

@@ -38,6 +38,7 @@ class CropPayload:
     model: str
     background: str | None
     ingested_at: str
+    crop_phash: str | None = None  # 64-bit perceptual hash, 16 hex digits (core.photo_hash)
 
     def to_payload(self, extras: dict[str, str]) -> dict[str, Any]:
         """Extras first, computed fields last: a computed field always wins."""

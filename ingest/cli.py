@@ -534,6 +534,9 @@ def import_command(
 def cluster_command(
     duplicate_threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine for the duplicate tier.")] = 0.95,
     similar_threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine for the similar tier.")] = 0.85,
+    hash_distance: Annotated[int, typer.Option(
+        min=-1, max=15, help="phash tier: crops whose 64-bit perceptual hashes differ in at most this many bits "
+                             "(re-encoded, resized copies); -1: no phash tier.")] = 6,
     scope: Annotated[str, typer.Option(help="all | cross-factory | within-factory")] = "all",
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
     level: Annotated[str, typer.Option(help="crop | product (a product pair scores its best crop pair)")] = "crop",
@@ -542,14 +545,22 @@ def cluster_command(
     method: Annotated[str, typer.Option(help="auto | exact | knn (nearest neighbours from the index)")] = "auto",
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("cluster_report"),
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv,folders,collage")] = "json,csv",
-    calibrate_labels: Annotated[Optional[Path], typer.Option(
-        "--calibrate", help="LABELS.csv with a,b,same: score thresholds instead of clustering.",
-        exists=True, dir_okay=False)] = None,
+    labels: Annotated[Optional[Path], typer.Argument(
+        help="With --calibrate: LABELS.csv with a,b,same (default: the review decisions).",
+        exists=True, dir_okay=False, metavar="LABELS.csv", show_default=False)] = None,
+    calibrate_: Annotated[bool, typer.Option(
+        "--calibrate", help="Score thresholds on labelled pairs instead of clustering: LABELS.csv if given, "
+                            "else the review decisions (ingest review).")] = False,
     target_precision: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --calibrate.")] = 0.95,
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Group near-duplicates (identical / duplicate / similar tiers) and write reports."""
+    """Group near-duplicates (identical / phash / duplicate / similar tiers) and write reports.
+
+    Review decisions (ingest review) bind every run: pairs decided different never share a group."""
+    if labels is not None and not calibrate_:
+        raise typer.BadParameter("a labels file goes with --calibrate (ingest cluster --calibrate LABELS.csv)",
+                                 param_hint="LABELS.csv")
     choices = {"scope": (scope, ("all", "cross-factory", "within-factory")), "level": (level, ("crop", "product")),
                "linkage": (linkage, ("single", "complete")), "method": (method, ("auto", "exact", "knn"))}
     for name, (value, allowed) in choices.items():
@@ -573,11 +584,12 @@ def cluster_command(
             if representative.startswith("factory:"):
                 _check_factories(store, representative.removeprefix("factory:"))
             service = ClusterService(store, settings.data_dir)
-            if calibrate_labels is not None:
-                result = service.calibrate(calibrate_labels, target_precision)
+            if calibrate_:
+                result = service.calibrate(labels, target_precision)
                 _report_calibration(result, output, as_json)
                 return
-            options = ClusterSettings(duplicate_threshold, similar_threshold, scope, level, linkage, representative)
+            options = ClusterSettings(duplicate_threshold, similar_threshold, scope, level, linkage, representative,
+                                      hash_distance=None if hash_distance < 0 else hash_distance)
             with _progress_bar(as_json) as (bar, task):
                 outcome = service.run(options, factories=factory, method=method,
                                       progress=lambda f, what: bar.update(task, completed=f * 100, description=what))
@@ -591,8 +603,9 @@ def cluster_command(
     typer.echo(f"{summary['items']} crops clustered ({outcome.method}) in {sum(outcome.timings.values()):.1f}s -> {output}/")
     for tier, info in summary["tiers"].items():
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(info["status"].items()))
+        reviewed = f", {info['reviewed']} reviewed" if info["reviewed"] and tier != "identical" else ""
         typer.echo(f"  {tier:<10} {info['groups']:>6} groups, {info['items_in_groups']:>7} crops, "
-                   f"largest {info['largest']}" + (f" ({statuses})" if statuses else ""))
+                   f"largest {info['largest']}{reviewed}" + (f" ({statuses})" if statuses else ""))
 
 
 @contextlib.contextmanager
@@ -630,7 +643,9 @@ def _report_calibration(result: dict[str, Any], output: Path, as_json: bool) -> 
     if as_json:
         _print_json({**result, "output": str(output)})
         return
-    typer.echo(f"{result['pairs']} labelled pairs ({result['positives']} same), {len(result['unmatched'])} unmatched")
+    source = f" from {result['labels']}" if result.get("labels") else ""
+    typer.echo(f"{result['pairs']} labelled pairs{source} ({result['positives']} same), "
+               f"{len(result['unmatched'])} unmatched")
     typer.echo("threshold  precision  recall  f1")
     for r in curve[::5]:
         typer.echo(f"  {r['threshold']:.2f}      {r['precision']:.3f}    {r['recall']:.3f}  {r['f1']:.3f}")
@@ -680,6 +695,150 @@ def migrate_command(
                f"{report.sample} sampled vectors, min cosine {report.min_sample_cosine or 0:.6f}, same payloads; "
                f"model {report.model}")
     typer.echo(f"group ids: {report.group_ids}")
+
+
+# --------------------------------------------------------------------------- review decisions
+
+review_app = typer.Typer(
+    help="Duplicate review decisions (same shoe / not the same / products linked across factories), kept "
+         "with the index by photo content; clustering honours them.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(review_app, name="review")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _decisions(settings: Settings):
+    from core.review import Decisions
+
+    return Decisions(settings.data_dir, settings.qdrant_collection)
+
+
+@review_app.command(name="status")
+def review_status(as_json: JsonFlag = False) -> None:
+    """How many decisions are stored, and how much of the last clustering is reviewed."""
+    from core.review import product_groups
+
+    settings = _settings()
+    decisions = _decisions(settings)
+    sidecar = decisions.path.with_name(f"{settings.qdrant_collection}.json")
+    with _user_errors(as_json):
+        state = decisions.load()
+        last: dict[str, Any] = {}
+        saved: dict[str, Any] = {}
+        if sidecar.exists():
+            try:
+                saved = json.loads(sidecar.read_text())
+            except ValueError:
+                saved = {}
+            reviewed = set(saved.get("reviewed", []))
+            for group_id in saved.get("groups", {}):
+                tier = {"idt": "identical", "phs": "phash", "dup": "duplicate", "sim": "similar"}.get(
+                    group_id[:3], "similar")
+                counts = last.setdefault(tier, {"groups": 0, "reviewed": 0})
+                counts["groups"] += 1
+                counts["reviewed"] += group_id in reviewed
+    counts = state.counts()
+    linked = product_groups(state)
+    data = {"file": str(decisions.path), **counts, "product_groups": len(linked),
+            "last_clustering": {"saved_at": saved.get("saved_at"),
+                                "tiers": {t: {**c, "to_review": c["groups"] - c["reviewed"]} for t, c in last.items()}}}
+    if as_json:
+        _print_json(data)
+        return
+    typer.echo(f"decisions: {decisions.path}" + ("" if decisions.path.exists() else " (none yet)"))
+    kinds = ", ".join(f"{kind} {c['same']} same / {c['different']} different" for kind, c in counts["by_kind"].items())
+    typer.echo(f"  {counts['same']} same, {counts['different']} different" + (f" ({kinds})" if kinds else ""))
+    typer.echo(f"  {_n(counts['product_links'], 'product link')} in {_n(len(linked), 'linked product group')}, "
+               f"{_n(counts['representatives'], 'representative')} chosen")
+    if counts["last_decided_at"]:
+        typer.echo(f"  last decision {counts['last_decided_at']}")
+    if last:
+        typer.echo(f"last clustering ({data['last_clustering']['saved_at']}):")
+        for tier in ("duplicate", "similar", "phash", "identical"):
+            if tier in last:
+                c = data["last_clustering"]["tiers"][tier]
+                typer.echo(f"  {tier:<10} {c['groups']:>6} groups, {c['reviewed']:>6} reviewed, {c['to_review']:>6} to review")
+    else:
+        typer.echo("no clustering yet: ingest cluster, or Find duplicates in the UI")
+
+
+@review_app.command(name="export")
+def review_export(
+    path: Annotated[Path, typer.Argument(help="File to write: .csv (a,b,decision,...) or .json.", dir_okay=False)],
+    products: Annotated[bool, typer.Option(
+        "--products", help="Write the product mapping instead: products linked across factories, with the best "
+                           "crop-pair similarity and when it was decided.")] = False,
+    wait: WaitOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write the decisions (photo paths as they are indexed now, plus content hashes) or the product mapping."""
+    from core.cluster_service import ClusterService, load_items
+    from core.review import ContentIndex, export_rows, product_mapping, write_export, write_product_mapping
+
+    settings = _settings(wait)
+    decisions = _decisions(settings)
+    with _user_errors(as_json):
+        state = decisions.load()
+        with _open_store(settings) as store:
+            if products:
+                items = load_items(store)
+                mapping = product_mapping(state, ClusterService(store, settings.data_dir).best_similarity(items))
+            else:
+                rows = export_rows(state, ContentIndex(p.payload for p in store.scroll(batch_size=1024)))
+        if products:
+            write_product_mapping(path, mapping)
+            result = {"path": str(path), "product_groups": len(mapping["groups"]),
+                      "links": sum(len(g["links"]) for g in mapping["groups"])}
+        else:
+            write_export(path, rows, settings.qdrant_collection)
+            result = {"path": str(path), "decisions": sum(r["decision"] != "representative" for r in rows),
+                      "representatives": sum(r["decision"] == "representative" for r in rows)}
+    if as_json:
+        _print_json(result)
+    elif products:
+        typer.echo(f"wrote {_n(result['links'], 'product link')} in {_n(result['product_groups'], 'group')} to {path}")
+    else:
+        typer.echo(f"wrote {result['decisions']} decisions and {result['representatives']} representatives to {path}")
+
+
+@review_app.command(name="import")
+def review_import(
+    path: Annotated[Path, typer.Argument(
+        help="CSV with a,b,decision (a, b: photo paths or factory/product_id; decision: same or different), or "
+             "a file from `ingest review export`.", exists=True, dir_okay=False)],
+    wait: WaitOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add decisions from a file; a later decision on a pair replaces the earlier one.
+
+    A malformed row refuses the whole file; rows naming photos or products found neither in the index nor
+    on disk are listed and skipped (exit 1)."""
+    from core.review import ContentIndex, read_import
+
+    settings = _settings(wait)
+    decisions = _decisions(settings)
+    with _user_errors(as_json):
+        decisions.load()  # a damaged decisions file stops before the store is opened
+        with _open_store(settings) as store:
+            index = ContentIndex(p.payload for p in store.scroll(batch_size=1024))
+        imported = read_import(path, index)
+        changed = decisions.merge(imported.state)
+    result = {"path": str(path), "rows": imported.rows, "decisions": len(imported.state.pairs), "changed": changed,
+              "representatives": len(imported.state.representatives), "unmatched": imported.unmatched,
+              "file": str(decisions.path)}
+    if as_json:
+        _print_json(result)
+    else:
+        typer.echo(f"imported {result['decisions']} decisions ({changed} new or changed) and "
+                   f"{result['representatives']} representatives from {path}")
+        for line in imported.unmatched:
+            typer.echo(f"  skipped {line}: not an indexed photo, a photo on disk or an indexed factory/product_id",
+                       err=True)
+    if imported.unmatched:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - console entry convenience

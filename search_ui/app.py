@@ -44,6 +44,25 @@ CSS = """
 
 SCROLL_TO_DETAIL = "() => { document.getElementById('detail')?.scrollIntoView({block: 'start'}); }"
 
+# Installed once, when the Duplicates tab is first opened: a review key clicks its button when that
+# button is on screen and the focus is not in a text field.
+REVIEW_KEYS = """() => {
+  if (window.__reviewKeys) return;
+  window.__reviewKeys = true;
+  const buttons = {c: 'confirm-group', x: 'reject-member', r: 'make-representative', p: 'link-products',
+                   n: 'next-group'};
+  document.addEventListener('keydown', (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    const target = event.target;
+    if (target && (target.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(target.tagName))) return;
+    const id = buttons[event.key.toLowerCase()];
+    const button = id && document.getElementById(id);
+    if (!button || button.offsetParent === null || button.disabled) return;
+    event.preventDefault();
+    button.click();
+  });
+}"""
+
 
 def upload_path(payload: Any, max_bytes: int) -> str | None:
     """The local file behind an image input's raw payload (a FileData dict, a path or a data: URL)."""
@@ -127,8 +146,10 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
 
             with gr.Tab("Duplicates", id="duplicates") as duplicates_tab:
                 with gr.Row():
-                    dup_threshold = gr.Slider(0.5, 1.0, value=0.95, step=0.005, label="Duplicate: cosine ≥")
-                    sim_threshold = gr.Slider(0.5, 1.0, value=0.85, step=0.005, label="Similar: cosine ≥")
+                    dup_threshold = gr.Slider(0.5, 1.0, value=0.95, step=0.005, label="Duplicate: cosine ≥",
+                                              elem_id="dup-threshold")
+                    sim_threshold = gr.Slider(0.5, 1.0, value=0.85, step=0.005, label="Similar: cosine ≥",
+                                              elem_id="sim-threshold")
                 with gr.Row():
                     scope = gr.Radio(["all", "cross-factory", "within-factory"], value="all", label="Pairs")
                     level = gr.Radio(["crop", "product"], value="crop", label="Level")
@@ -141,11 +162,25 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 dup_status = gr.Markdown(elem_id="duplicates-status")
                 with gr.Row():
                     with gr.Column(scale=2):
-                        group_list = gr.Gallery(label="Groups, largest first (click one)", columns=5, height=420,
+                        review_count = gr.Markdown(elem_id="review-count")
+                        group_list = gr.Gallery(label="Groups: to review first, cross-factory first, then largest "
+                                                      "(click one)", columns=5, height=420,
                                                 allow_preview=False, elem_id="groups")
                         group_view = gr.Gallery(label="Members of the selected group (factory · product · "
-                                                      "similarity to the representative)",
+                                                      "similarity to the representative): click one to reject it "
+                                                      "or make it representative",
                                                 columns=5, height=320, allow_preview=False, elem_id="group-members")
+                        with gr.Row(elem_id="review-buttons"):
+                            confirm_button = gr.Button("Same shoe (c)", variant="primary", size="sm",
+                                                       elem_id="confirm-group")
+                            reject_button = gr.Button("Not the same (x)", variant="stop", size="sm",
+                                                      elem_id="reject-member")
+                            representative_button = gr.Button("Make representative (r)", size="sm",
+                                                              elem_id="make-representative")
+                            link_button = gr.Button("Same product across factories (p)", size="sm", min_width=220,
+                                                    elem_id="link-products")
+                            next_button = gr.Button("Next group (n)", size="sm", elem_id="next-group")
+                        review_status = gr.Markdown(elem_id="review-status")
                         group_search = gr.Button("Search within this group", elem_id="search-group")
                     with gr.Column(scale=1):
                         gr.Markdown("**Factories sharing groups**: each cell counts the groups holding both "
@@ -154,6 +189,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                         reports = gr.File(label="Report (JSON, CSV)", file_count="multiple", interactive=False)
                 groups_state = gr.State([])
                 selected_group = gr.State("")
+                selected_member = gr.State(None)
 
             with gr.Tab("Catalogue", id="catalogue") as catalogue_tab:
                 overview = gr.Markdown(elem_id="catalogue-overview")
@@ -294,16 +330,59 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         def find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_, progress=gr.Progress()):
             found = handlers.find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_,
                                              progress=lambda fraction, what: progress(fraction, desc=what))
-            return found.status, found.heatmap, found.gallery, found.groups, found.files or None, [], ""
+            return (found.status, found.heatmap, found.gallery, found.groups, found.files or None, [], "", None,
+                    found.count, "")
 
         dup_button.click(find_duplicates, [dup_threshold, sim_threshold, scope, dup_factories, level, linkage],
-                         [dup_status, heatmap, group_list, groups_state, reports, group_view, selected_group],
+                         [dup_status, heatmap, group_list, groups_state, reports, group_view, selected_group,
+                          selected_member, review_count, review_status],
                          api_visibility="private", concurrency_limit=1)
 
         def pick_group(groups, evt: gr.SelectData):
-            return handlers.group_members(groups, evt.index)
+            members, group_id = handlers.group_members(groups, evt.index)
+            return members, group_id, None
 
-        group_list.select(pick_group, [groups_state], [group_view, selected_group], api_visibility="private")
+        group_list.select(pick_group, [groups_state], [group_view, selected_group, selected_member],
+                          api_visibility="private")
+
+        def pick_member(evt: gr.SelectData):
+            return evt.index
+
+        group_view.select(pick_member, None, selected_member, api_visibility="private")
+
+        reviewed = [groups_state, group_list, group_view, selected_group, selected_member, review_status, review_count]
+
+        def shown_review(review):
+            # The members' gallery is new: nothing in it is selected (the next reject needs a new click).
+            return (review.groups, review.gallery, gr.Gallery(value=review.members, selected_index=None),
+                    review.group_id, None, review.message, review.count)
+
+        def confirm(groups, group_id):
+            return shown_review(handlers.confirm_group(groups, group_id))
+
+        def reject(groups, group_id, member):
+            return shown_review(handlers.reject_member(groups, group_id, member))
+
+        def make_representative(groups, group_id, member):
+            return shown_review(handlers.make_representative(groups, group_id, member))
+
+        def link(groups, group_id):
+            return shown_review(handlers.link_products(groups, group_id))
+
+        def next_group(groups, group_id):
+            return shown_review(handlers.next_group(groups, group_id))
+
+        # Decisions are written one at a time (each a read-modify-write of the decisions file).
+        for button, action, inputs in (
+                (confirm_button, confirm, [groups_state, selected_group]),
+                (reject_button, reject, [groups_state, selected_group, selected_member]),
+                (representative_button, make_representative, [groups_state, selected_group, selected_member]),
+                (link_button, link, [groups_state, selected_group]),
+                (next_button, next_group, [groups_state, selected_group])):
+            button.click(action, inputs, reviewed, api_visibility="private", concurrency_limit=1,
+                         concurrency_id="review")
+        # Keys c / x / r / p / n press the review buttons while the Duplicates tab shows (not while typing).
+        duplicates_tab.select(None, None, None, js=REVIEW_KEYS, api_visibility="private")
 
         def search_group(groups, group_id):
             found = handlers.search_group(groups, group_id)

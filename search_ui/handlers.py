@@ -39,6 +39,20 @@ class Duplicates:
     gallery: list[GalleryItem] = field(default_factory=list)  # one representative per group
     groups: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    count: str = ""  # reviewed / to review
+
+
+@dataclass
+class Review:
+    """What a review action shows: the groups (state), their gallery, the selected group's members,
+    its id, what happened, and the reviewed / to review count."""
+
+    groups: list[dict[str, Any]]
+    gallery: list[GalleryItem]
+    members: list[GalleryItem]
+    group_id: str
+    message: str
+    count: str
 
 
 def group_payload_key(group_id: str) -> str:
@@ -46,16 +60,63 @@ def group_payload_key(group_id: str) -> str:
     from core.cluster_service import PAYLOAD_KEY
 
     prefix = group_id.split("-", 1)[0]
-    tier = {"idt": "identical", "dup": "duplicate", "sim": "similar"}.get(prefix, "similar")
+    tier = {"idt": "identical", "phs": "phash", "dup": "duplicate", "sim": "similar"}.get(prefix, "similar")
     return PAYLOAD_KEY[tier]
 
 
-def _group_record(group) -> dict[str, Any]:
+def _group_record(group, level: str = "crop") -> dict[str, Any]:
     from dataclasses import asdict
 
     return {"id": group.id, "tier": group.tier, "status": group.status, "size": len(group.members),
-            "factories": group.factories, "min_similarity": group.min_similarity,
-            "members": [asdict(m) for m in group.members]}
+            "factories": group.factories, "min_similarity": group.min_similarity, "reviewed": group.reviewed,
+            "level": level, "members": [asdict(m) for m in group.members]}
+
+
+TIER_ORDER = {"duplicate": 0, "similar": 1, "phash": 2, "identical": 3}
+
+
+def review_order(group: dict[str, Any]) -> tuple:
+    """Groups as a reviewer takes them: to review first, cross-factory before within-factory, the
+    duplicate tier, then similar, then perceptual-hash copies, larger first; byte-identical groups last."""
+    return (group["tier"] == "identical", bool(group.get("reviewed")), len(group["factories"]) < 2,
+            TIER_ORDER.get(group["tier"], 3), -group["size"], group["id"])
+
+
+def review_count(groups: Sequence[dict[str, Any]]) -> str:
+    """'**3 of 12 groups reviewed** · 9 to review (4 cross-factory)' (byte-identical groups apart)."""
+    judged = [g for g in groups if g["tier"] != "identical"]
+    if not groups:
+        return ""
+    done = sum(bool(g.get("reviewed")) for g in judged)
+    left = [g for g in judged if not g.get("reviewed")]
+    cross = sum(len(g["factories"]) > 1 for g in left)
+    text = f"**{done} of {len(judged)} groups reviewed** · {len(left)} to review"
+    text += f" ({cross} cross-factory)" if left else " · all done"
+    identical = len(groups) - len(judged)
+    if identical:
+        text += f" · {identical} identical-photo group{'s' if identical != 1 else ''} (same bytes: nothing to decide)"
+    return text
+
+
+def _member_key(member: dict[str, Any]) -> str | None:
+    from core.review import crop_key
+
+    return crop_key(member["photo_sha256"], member.get("crop_index", 0)) if member.get("photo_sha256") else None
+
+
+def _member_keys(member: dict[str, Any], level: str) -> set[str]:
+    from core.review import photo_key, product_key
+
+    keys = {k for k in (_member_key(member), photo_key(member["photo_sha256"]) if member.get("photo_sha256") else None)
+            if k}
+    if level == "product":
+        keys.add(product_key(member["factory"], member["product_id"]))
+    return keys
+
+
+def _hint(member: dict[str, Any]) -> dict[str, Any]:
+    return {"photo_path": member.get("photo_path"), "factory": member.get("factory"),
+            "product_id": member.get("product_id")}
 
 
 def overlap_heatmap(overlap: dict[str, Any], title: str) -> Image.Image | None:
@@ -327,13 +388,15 @@ class Handlers:
         for tier, info in summary["tiers"].items():
             changes = ", ".join(f"{n} {st}" for st, n in sorted(info["status"].items())) or "-"
             lines.append(f"| {tier} | {info['groups']} | {info['items_in_groups']} | {info['largest']} | {changes} |")
-        groups = [_group_record(g) for g in result.groups if g.tier != "identical"] + \
-                 [_group_record(g) for g in result.groups if g.tier == "identical"]
-        gallery = [(self._member_thumbnail(g["members"][0]), _group_caption(g)) for g in groups]
+        groups = sorted((_group_record(g, level) for g in result.groups), key=review_order)
         tier = "similar" if summary["tiers"]["similar"]["groups"] else "duplicate"
         heatmap = overlap_heatmap(summary["tiers"][tier]["factory_overlap"],
                                   f"{tier.capitalize()} groups per factory pair")
-        return Duplicates("\n".join(lines), heatmap, gallery, groups, [str(f) for f in files if f.suffix in {".json", ".csv"}])
+        return Duplicates("\n".join(lines), heatmap, self.group_gallery(groups), groups,
+                          [str(f) for f in files if f.suffix in {".json", ".csv"}], review_count(groups))
+
+    def group_gallery(self, groups: Sequence[dict[str, Any]]) -> list[GalleryItem]:
+        return [(self._member_thumbnail(g["members"][0]), _group_caption(g)) for g in groups]
 
     def group_members(self, groups: Sequence[dict[str, Any]] | None, index: int | None) -> tuple[list[GalleryItem], str]:
         """Thumbnails of one group's members (representative first) and its id."""
@@ -346,6 +409,165 @@ class Handlers:
 
     def _member_thumbnail(self, member: dict[str, Any]) -> str:
         return self._thumbnail_path(member) or str(self._missing_thumbnail())
+
+    # ------------------------------------------------------------------ review
+
+    def _review(self, groups: list[dict[str, Any]], group_id: str, message: str) -> Review:
+        group = next((g for g in groups if g["id"] == group_id), None)
+        members = self.group_members([group], 0)[0] if group else []
+        return Review(groups, self.group_gallery(groups), members, group["id"] if group else "", message,
+                      review_count(groups))
+
+    def _refresh_reviewed(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Mark the groups whose members are now all joined by `same` decisions, and order them."""
+        from core.review import connected
+
+        same = self.clusters.decisions.load().same_index()
+        for group in groups:
+            if group["tier"] != "identical":
+                group["reviewed"] = bool(group.get("reviewed")) or connected(
+                    [_member_keys(m, group.get("level", "crop")) for m in group["members"]], same)
+        return sorted(groups, key=review_order)
+
+    def _pick(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None):
+        groups = [dict(g, members=list(g["members"])) for g in groups or []]  # never change the caller's state
+        return groups, next((g for g in groups if g["id"] == group_id), None)
+
+    def next_group(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None = None) -> Review:
+        """The next group to review after `group_id` (in review order, wrapping round)."""
+        groups, _ = self._pick(groups, group_id)
+        if not groups:
+            return self._review([], "", "⚠️ Find duplicates first.")
+        ids = [g["id"] for g in groups]
+        start = ids.index(group_id) + 1 if group_id in ids else 0
+        for group in groups[start:] + groups[:start]:
+            if group["tier"] != "identical" and not group.get("reviewed") and group["id"] != group_id:
+                return self._review(groups, group["id"], f"Group {_md_escape(group['id'])}: {group['size']} crops, "
+                                                         f"{_md_escape(', '.join(group['factories']))}.")
+        return self._review(groups, group_id or "", "Every group is reviewed.")
+
+    def confirm_group(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None) -> Review:
+        """"Same shoe": every member is the representative's shoe; then the next group to review."""
+        from core.review import SAME, PairInput
+
+        groups, group = self._pick(groups, group_id)
+        if group is None:
+            return self._review(groups, "", "⚠️ Pick a group first (click one, or Next group).")
+        members = group["members"]
+        rep = _member_key(members[0])
+        pairs = [PairInput(rep, _member_key(m), SAME, m["similarity"], {rep: _hint(members[0]), _member_key(m): _hint(m)})
+                 for m in members[1:]]
+        try:
+            self.clusters.decisions.record(pairs)
+        except ShoeSearchError as exc:
+            return self._review(groups, group["id"], f"⚠️ {exc}")
+        groups = self._refresh_reviewed(groups)
+        following = self.next_group(groups, group["id"])
+        done = f"✓ {_md_escape(group['id'])}: {len(members)} crops confirmed as the same shoe."
+        return Review(following.groups, following.gallery, following.members, following.group_id,
+                      f"{done} {('Next: ' + following.message) if following.group_id != group['id'] else following.message}",
+                      following.count)
+
+    def reject_member(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None,
+                      member: int | None) -> Review:
+        """"Not the same": the selected member is not the representative's shoe. It leaves the
+        group here, and clustering never groups the two again."""
+        from core.review import DIFFERENT, PairInput
+
+        groups, group = self._pick(groups, group_id)
+        if group is None:
+            return self._review(groups, "", "⚠️ Pick a group first (click one, or Next group).")
+        if member is None or not 0 <= int(member) < len(group["members"]):
+            return self._review(groups, group["id"], "⚠️ Click the member that is not the same shoe first.")
+        member = int(member)
+        if member == 0:
+            return self._review(groups, group["id"], "⚠️ That is the representative: click another member, or make "
+                                                     "another member the representative first.")
+        rep, gone = group["members"][0], group["members"][member]
+        try:
+            self.clusters.decisions.record([PairInput(_member_key(rep), _member_key(gone), DIFFERENT, gone["similarity"],
+                                                      {_member_key(rep): _hint(rep), _member_key(gone): _hint(gone)})])
+        except ShoeSearchError as exc:
+            return self._review(groups, group["id"], f"⚠️ {exc}")
+        group["members"].pop(member)
+        group["size"] = len(group["members"])
+        group["factories"] = sorted({m["factory"] for m in group["members"]})
+        what = f"✗ {_md_escape(gone['factory'])} · {_md_escape(gone['product_id'])} is not the same shoe: it is " \
+               f"never grouped with this representative again (Find duplicates regroups)."
+        if group["size"] < 2:
+            groups = [g for g in groups if g["id"] != group["id"]]
+            following = self.next_group(self._refresh_reviewed(groups), None)
+            return Review(following.groups, following.gallery, following.members, following.group_id,
+                          f"{what} Nothing is left of {_md_escape(group['id'])}. {following.message}", following.count)
+        return self._review(self._refresh_reviewed(groups), group["id"], what)
+
+    def make_representative(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None,
+                            member: int | None) -> Review:
+        """The selected member leads its group, here and in every later clustering."""
+        groups, group = self._pick(groups, group_id)
+        if group is None:
+            return self._review(groups, "", "⚠️ Pick a group first (click one, or Next group).")
+        if member is None or not 0 <= int(member) < len(group["members"]):
+            return self._review(groups, group["id"], "⚠️ Click the member to make representative first.")
+        chosen = group["members"][int(member)]
+        try:
+            self.clusters.decisions.set_representative(_member_key(chosen), _hint(chosen),
+                                                       replaces=[_member_key(m) for m in group["members"]])
+        except ShoeSearchError as exc:
+            return self._review(groups, group["id"], f"⚠️ {exc}")
+        similarity = self._similarities(chosen["point_id"], [m["point_id"] for m in group["members"]])
+        members = [dict(m, similarity=round(similarity.get(m["point_id"], m["similarity"]), 6)) for m in group["members"]]
+        members.sort(key=lambda m: (m["point_id"] != chosen["point_id"], -m["similarity"]))
+        members[0]["similarity"] = 1.0
+        group["members"] = members
+        return self._review(groups, group["id"], f"★ {_md_escape(chosen['factory'])} · "
+                                                 f"{_md_escape(chosen['product_id'])} now represents the group.")
+
+    def link_products(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None) -> Review:
+        """"Same product across factories": the members' products in different factories are one
+        shoe (factory_a/SKU-1 ≡ factory_b/B-77); the group counts as confirmed too."""
+        from core.review import SAME, PairInput, product_key
+
+        groups, group = self._pick(groups, group_id)
+        if group is None:
+            return self._review(groups, "", "⚠️ Pick a group first (click one, or Next group).")
+        members = group["members"]
+        if len({m["factory"] for m in members}) < 2:
+            return self._review(groups, group["id"], f"⚠️ Every member is from {_md_escape(members[0]['factory'])}: "
+                                                     "nothing to link across factories (Same shoe confirms the group).")
+        best: dict[tuple[str, str], float] = {}
+        similarity = {}
+        for m in members:
+            similarity[m["point_id"]] = self._similarities(m["point_id"], [o["point_id"] for o in members])
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                if a["factory"] != b["factory"]:
+                    pair = tuple(sorted((product_key(a["factory"], a["product_id"]),
+                                         product_key(b["factory"], b["product_id"]))))
+                    best[pair] = max(best.get(pair, -1.0), similarity[a["point_id"]].get(b["point_id"], -1.0))
+        rep = _member_key(members[0])
+        pairs = [PairInput(a, b, SAME, score if score > -1 else None) for (a, b), score in sorted(best.items())]
+        pairs += [PairInput(rep, _member_key(m), SAME, m["similarity"], {rep: _hint(members[0]), _member_key(m): _hint(m)})
+                  for m in members[1:]]
+        try:
+            self.clusters.decisions.record(pairs)
+        except ShoeSearchError as exc:
+            return self._review(groups, group["id"], f"⚠️ {exc}")
+        products = sorted({f"{m['factory']}/{m['product_id']}" for m in members})
+        groups = self._refresh_reviewed(groups)
+        return self._review(groups, group["id"], f"🔗 Linked {len(products)} products as one shoe: "
+                                                 f"{_md_escape(' ≡ '.join(products))} (ingest review export --products).")
+
+    def _similarities(self, point_id: str, others: Sequence[str]) -> dict[str, float]:
+        """Cosine of one crop's stored vector with others'."""
+        import numpy as np
+
+        points = {p.id: np.asarray(p.vector, dtype=np.float32)
+                  for p in self.store.retrieve(list(dict.fromkeys([point_id, *others])), with_vectors=True)}
+        if point_id not in points:
+            return {}
+        base = points[point_id] / max(float(np.linalg.norm(points[point_id])), 1e-12)
+        return {pid: float(base @ (v / max(float(np.linalg.norm(v)), 1e-12))) for pid, v in points.items()}
 
     # ------------------------------------------------------------------ adding photos
 
@@ -383,7 +605,7 @@ DETAIL_FIELDS = (  # (label, payload key) shown on a result's card, in this orde
 )
 _CARD_HIDDEN = {"factory", "product_id", "photo_path", "photo_width", "photo_height", "box", "detector_class",
                 "detector_confidence", "ingested_at", "photo_sha256", "crop_path", "crop_index", "width", "height",
-                "model", "background"}
+                "model", "background", "crop_phash"}
 
 
 def detail_card(hit: HitRecord, file_bytes: int | None = None) -> str:
@@ -431,7 +653,8 @@ def _group_caption(group: dict[str, Any]) -> str:
     """'dup-… · 5 crops · factory_a, factory_b' (or '· 4 factories' when the names would not fit)."""
     factories = group["factories"]
     names = ", ".join(factories) if len(factories) <= 2 else f"{len(factories)} factories"
-    return f"{group['id']} · {group['size']} crops · {names}"
+    reviewed = " · reviewed ✓" if group.get("reviewed") and group["tier"] != "identical" else ""
+    return f"{group['id']} · {group['size']} crops · {names}{reviewed}"
 
 
 def _region_label(index: int, crops: Sequence[Any]) -> str:

@@ -44,7 +44,7 @@ def test_all_formats_agree(indexed):
     groups = json.loads((out / "groups.json").read_text())
     assert summary["items"] == len(catalogue.photos) + 1 == 49
     assert json.loads((out / "summary.json").read_text())["tiers"] == summary["tiers"]
-    for tier in ("identical", "duplicate", "similar"):
+    for tier in ("identical", "phash", "duplicate", "similar"):
         in_tier = [g for g in groups if g["tier"] == tier]
         assert summary["tiers"][tier]["groups"] == len(in_tier)
         assert summary["tiers"][tier]["items_in_groups"] == sum(len(g["member_points"]) for g in in_tier)
@@ -53,7 +53,8 @@ def test_all_formats_agree(indexed):
     assert any(g["tier"] == "duplicate" for g in groups)
     for g in groups:
         assert g["members"][0] == g["representative"] and g["members"][0]["similarity"] == 1.0
-        assert g["min_similarity"] >= (0.99 if g["tier"] == "duplicate" else 0.97 if g["tier"] == "similar" else 1.0) - 1e-6
+        if g["tier"] != "phash":  # the phash tier groups by perceptual hash; its similarities are only reported
+            assert g["min_similarity"] >= {"duplicate": 0.99, "similar": 0.97, "identical": 1.0}[g["tier"]] - 1e-6
 
     rows = list(csv.DictReader(open(out / "groups.csv")))
     assert len(rows) == sum(len(g["members"]) for g in groups)
@@ -92,7 +93,8 @@ def test_group_ids_are_stable_and_stored_in_payloads(indexed):
     store = EdgeStore(settings.embedded_store_dir, settings.qdrant_collection)
     try:
         for group_id, group in groups.items():
-            key = {"idt": "group_identical", "dup": "group_duplicate", "sim": "group_similar"}[group_id[:3]]
+            key = {"idt": "group_identical", "phs": "group_phash", "dup": "group_duplicate",
+                   "sim": "group_similar"}[group_id[:3]]
             stored = {p.id for p in store.scroll({key: [group_id]})}
             assert stored == set(group["member_points"])
     finally:
@@ -150,3 +152,16 @@ def test_cluster_usage_errors(indexed):
     bad = runner.invoke(app, ["cluster", "--format", "json,pdf", "-o", str(indexed[1] / "x")])
     assert bad.exit_code == 2 and "choose from json, csv, folders, collage" in bad.output
     assert not (indexed[1] / "x").exists()
+
+
+def test_cross_factory_complete_linkage_groups_hold_two_factories(indexed):
+    """Complete linkage used to split a cross-factory component into single-factory pieces."""
+    _, tmp = indexed
+    for dup, sim in (("0.995", "0.98"), ("0.99", "0.97"), ("0.95", "0.85")):
+        out = tmp / f"cross-{dup}"
+        _cluster("--scope", "cross-factory", "--linkage", "complete", "--duplicate-threshold", dup,
+                 "--similar-threshold", sim, "-o", str(out))
+        groups = json.loads((out / "groups.json").read_text())
+        assert groups, (dup, sim)
+        for g in groups:
+            assert len({m["factory"] for m in g["members"]}) >= 2, (dup, sim, g["id"])

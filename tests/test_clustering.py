@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from core.clustering import (
-    ClusterSettings, Items, assign_stable_ids, brute_force_pairs, calibrate, cluster, exact_pairs, overlap_matrix,
+    ClusterSettings, Constraints, Items, assign_stable_ids, brute_force_pairs, calibrate, cluster, exact_pairs,
+    overlap_matrix,
 )
 
 DIM = 12
@@ -188,3 +189,135 @@ def test_calibration_curve_and_target_precision():
     assert tp / predicted.sum() >= 0.98 and 0.88 <= chosen <= 0.94
     lower = [row for row in result["curve"] if row["threshold"] < chosen]
     assert all(row["precision"] < 0.98 for row in lower)  # the lowest threshold that meets it
+
+
+# --------------------------------------------------------------------------- review decisions
+
+
+def keyed(spec: dict[str, tuple[int, float, dict]]) -> Items:
+    """items() whose crops carry a content hash: crop key crop:<sha of the id>:0."""
+    return items({pid: (p, d, {"photo_sha256": sha(pid), **extra}) for pid, (p, d, extra) in spec.items()})
+
+
+def sha(pid: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(pid.encode()).hexdigest()
+
+
+def ck(pid: str) -> str:
+    return f"crop:{sha(pid)}:0"
+
+
+def together(groups, a: str, b: str) -> bool:
+    return any({a, b} <= set(g.member_points) for g in groups if g.tier != "identical")
+
+
+CHAIN = {"a": (0, 0, {}), "b": (0, 8, {}), "c": (0, 16, {}), "d": (0, 24, {})}  # neighbours cos 8deg = 0.990
+
+
+def test_a_rejected_pair_is_never_grouped_at_any_threshold_linkage_or_level():
+    data = keyed(CHAIN)
+    assert together(cluster(data, ClusterSettings(identical=False, duplicate_threshold=0.98)), "a", "b")
+    rejected = Constraints(different=(tuple(sorted((ck("a"), ck("b")))),))
+    for threshold in (0.99, 0.95, 0.9, 0.8, 0.5, -1.0):
+        for linkage in ("single", "complete"):
+            for level in ("crop", "product"):
+                options = ClusterSettings(duplicate_threshold=threshold, similar_threshold=threshold, linkage=linkage,
+                                          level=level, identical=False)
+                groups = cluster(data, options, constraints=rejected)
+                assert not together(groups, "a", "b"), (threshold, linkage, level)
+                if threshold <= 0.9:  # the rest still groups
+                    assert together(groups, "c", "d")
+
+
+def test_a_rejection_through_a_chain_of_confirmations_still_wins():
+    data = keyed(CHAIN)
+    constraints = Constraints(same=((ck("a"), ck("b")), (ck("b"), ck("c"))), different=((ck("a"), ck("c")),))
+    for linkage in ("single", "complete"):
+        groups = cluster(data, ClusterSettings(identical=False, duplicate_threshold=0.5, similar_threshold=0.5,
+                                               linkage=linkage), constraints=constraints)
+        assert not together(groups, "a", "c")
+        assert together(groups, "a", "b")  # the first confirmation holds; the one that would join a and c not
+
+
+def test_confirmed_members_stay_together_above_their_similarity_and_are_reviewed():
+    data = keyed({**CHAIN, "z": (1, 0, {})})
+    plain = cluster(data, ClusterSettings(identical=False, duplicate_threshold=0.999, similar_threshold=0.999))
+    assert not together(plain, "a", "d")
+    confirmed = Constraints(same=((ck("a"), ck("d")),))
+    for linkage in ("single", "complete"):
+        groups = cluster(data, ClusterSettings(identical=False, duplicate_threshold=0.999, similar_threshold=0.999,
+                                               linkage=linkage), constraints=confirmed)
+        [group] = [g for g in groups if g.tier == "duplicate"]
+        assert sorted(group.member_points) == ["a", "d"] and group.reviewed
+        assert group.min_similarity == pytest.approx(math.cos(math.radians(24)), abs=1e-5)  # shown as it is
+
+    # A group is reviewed while every member is joined by decisions; a new member reopens it.
+    both = Constraints(same=((ck("a"), ck("b")),))
+    [ab] = [g for g in cluster(data, ClusterSettings(identical=False, duplicate_threshold=0.985), constraints=both)
+            if g.tier == "duplicate"]
+    assert sorted(ab.member_points) == ["a", "b", "c", "d"] and not ab.reviewed  # c, d undecided
+    [ab] = [g for g in cluster(keyed({"a": CHAIN["a"], "b": CHAIN["b"]}), ClusterSettings(identical=False),
+                               constraints=both) if g.tier == "duplicate"]
+    assert ab.reviewed
+
+
+def test_photo_and_product_keys_reach_their_crops():
+    data = keyed({"a1": (0, 0, {"product_id": "P", "factory": "A"}), "a2": (1, 0, {"product_id": "P", "factory": "A"}),
+                  "b1": (0, 1, {"product_id": "Q", "factory": "B"}), "b2": (1, 1, {"product_id": "Q", "factory": "B"})})
+    options = ClusterSettings(identical=False)
+    assert together(cluster(data, options), "a1", "b1") and together(cluster(data, options), "a2", "b2")
+    # Products decided different: no crop of one groups with a crop of the other.
+    apart = Constraints(different=(("product:A/P", "product:B/Q"),))
+    for level in ("crop", "product"):
+        groups = cluster(data, ClusterSettings(identical=False, level=level), constraints=apart)
+        assert not [g for g in groups if g.tier != "identical"]
+    # A product link groups the products, but does not glue a front view to a sole view.
+    linked = Constraints(same=(("product:A/P", "product:B/Q"),))
+    far = keyed({"a1": (0, 0, {"product_id": "P", "factory": "A"}), "b9": (3, 0, {"product_id": "Q", "factory": "B"})})
+    assert not together(cluster(far, options, constraints=linked), "a1", "b9")
+    product_level = cluster(far, ClusterSettings(identical=False, level="product"), constraints=linked)
+    assert together(product_level, "a1", "b9") and all(g.reviewed for g in product_level)
+    # A photo key (an imported photo path) stands for its crops.
+    photo = Constraints(different=((f"photo:{sha('a1')}", f"photo:{sha('b1')}"),))
+    assert not together(cluster(data, options, constraints=photo), "a1", "b1")
+
+
+def test_a_chosen_representative_leads_its_group():
+    data = keyed({"p": (0, 0, {}), "q": (0, 2, {}), "r": (0, 4, {})})
+    [medoid] = [g for g in cluster(data, ClusterSettings(identical=False)) if g.tier == "duplicate"]
+    assert medoid.representative.point_id == "q"
+    chosen = Constraints(representatives=frozenset({ck("r")}))
+    [group] = [g for g in cluster(data, ClusterSettings(identical=False), constraints=chosen) if g.tier == "duplicate"]
+    assert group.representative.point_id == "r" and group.representative.similarity == 1.0
+    assert [m.point_id for m in group.members] == ["r", "q", "p"]
+
+
+def test_cross_factory_complete_linkage_never_returns_a_single_factory_group():
+    # On a line (degrees): a2 1, a1 3, b 7, c 10; pairs within 8.1 degrees clear 0.99. a1 ~ a2 (one
+    # factory) are closest: complete linkage over every pair merged them first, then could not add
+    # b or c (a2 ~ c is 9 degrees) and returned {a1, a2}, a single-factory "cross-factory" group.
+    data = items({"a1": (0, 3, {"factory": "A"}), "a2": (0, 1, {"factory": "A"}), "b": (0, 7, {"factory": "B"}),
+                  "c": (0, 10, {"factory": "C"})})
+    options = ClusterSettings(identical=False, scope="cross-factory", linkage="complete", duplicate_threshold=0.99,
+                              similar_threshold=0.99)
+    groups = cluster(data, options)
+    assert groups_of(groups, "duplicate") == [["a1", "b", "c"]]  # every cross-factory pair inside clears 0.99
+    for group in groups:
+        assert len(group.factories) >= 2
+    # Random catalogues: every cross-factory group holds two factories at every threshold and linkage.
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(6, DIM))
+    vectors = np.repeat(centers, 8, axis=0) + rng.normal(scale=0.35, size=(48, DIM))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    payloads = [{"factory": "ABC"[k % 3], "product_id": str(k)} for k in range(48)]
+    data = Items([str(k) for k in range(48)], vectors, payloads)
+    found = 0
+    for threshold in (0.99, 0.97, 0.95, 0.9, 0.8):
+        for linkage in ("single", "complete"):
+            for group in cluster(data, ClusterSettings(identical=False, scope="cross-factory", linkage=linkage,
+                                                       duplicate_threshold=threshold, similar_threshold=threshold)):
+                assert len(group.factories) >= 2, (threshold, linkage, group.factories)
+                found += 1
+    assert found > 20

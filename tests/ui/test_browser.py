@@ -7,8 +7,11 @@ missing component bundle is a 404) or the console shows an error, and saves a sc
 from __future__ import annotations
 
 import base64
+import json
 import re
+import time
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -245,7 +248,7 @@ def test_duplicates_groups_members_heatmap_and_search_within_a_group(served, pag
     expect()(page.locator("#duplicates-status")).to_contain_text("crops clustered", timeout=60_000)
     groups = captions(page, "groups")
     expect()(groups.first).to_contain_text("-", timeout=WAIT)
-    assert all(t.split("-")[0] in {"dup", "sim", "idt"} for t in groups.all_inner_texts())
+    assert all(t.split("-")[0] in {"dup", "sim", "phs", "idt"} for t in groups.all_inner_texts())
     heatmap = page.locator("#heatmap img")
     expect()(heatmap).to_be_visible()
     assert page.eval_on_selector("#heatmap img", "img => img.complete && img.naturalWidth > 200")
@@ -269,6 +272,83 @@ def test_duplicates_groups_members_heatmap_and_search_within_a_group(served, pag
                                                       timeout=WAIT)
     expect()(captions(page, "results")).to_have_count(len(texts))
     assert page.locator("#group-filter textarea, #group-filter input").first.input_value() == group_id
+
+
+def set_slider(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
+def run_duplicates(page, reports: Path) -> Path:
+    """Find duplicates; returns the run's groups.json (the newest report, once it is written)."""
+    before = set(reports.glob("*/groups.json")) if reports.exists() else set()
+    page.locator("#find-duplicates").click()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        new = set(reports.glob("*/groups.json")) - before if reports.exists() else set()
+        if new:
+            break
+        time.sleep(0.2)
+    expect()(page.locator("#duplicates-status")).to_contain_text("crops clustered", timeout=60_000)
+    [report] = new
+    expect()(page.locator("#review-count")).to_contain_text("groups reviewed", timeout=WAIT)
+    return report
+
+
+def test_review_reject_confirm_by_keyboard_then_recluster_lower(served, page_of, handlers, shot):
+    """Reject a member, confirm the rest with the keyboard, rerun lower: the rejected pair stays apart."""
+    from core.review import DIFFERENT, SAME
+
+    page = page_of(served)
+    page.get_by_role("tab", name="Duplicates").click()
+    set_slider(page, "dup-threshold", "0.99")
+    set_slider(page, "sim-threshold", "0.97")
+    page.get_by_label("complete").check()
+    reports = handlers.data_dir / "reports"
+    run_duplicates(page, reports)
+    count = page.locator("#review-count")
+    expect()(count).to_contain_text(re.compile(r"0 of \d+ groups reviewed"), timeout=WAIT)
+    first_caption = captions(page, "groups").first.inner_text()
+    assert "reviewed" not in first_caption
+
+    page.locator("#next-group").click()
+    status = page.locator("#review-status")
+    expect()(status).to_contain_text(first_caption.split(" · ")[0], timeout=WAIT)
+    members = captions(page, "group-members")
+    expect()(members.first).to_contain_text("representative", timeout=WAIT)
+    size = members.count()
+    assert size >= 3
+    page.locator("#reject-member").click()  # nothing picked yet: says so
+    expect()(status).to_contain_text("Click the member that is not the same shoe first", timeout=WAIT)
+    members.nth(2).click()
+    page.locator("#reject-member").click()
+    expect()(status).to_contain_text("is not the same shoe", timeout=WAIT)
+    expect()(members).to_have_count(size - 1, timeout=WAIT)
+    shot(page, "duplicates-review")
+
+    page.locator("#groups").click(position={"x": 5, "y": 5})  # focus leaves any text field
+    page.keyboard.press("c")  # Same shoe, from the keyboard
+    expect()(status).to_contain_text("confirmed as the same shoe", timeout=WAIT)
+    expect()(count).to_contain_text(re.compile(r"\b1 of \d+ groups reviewed"), timeout=WAIT)
+    expect()(page.locator("#groups .caption-label").filter(has_text="reviewed ✓")).to_have_count(1)
+
+    state = handlers.clusters.decisions.load()
+    [rejected] = state.different_pairs()
+    assert len(state.same_pairs()) == size - 2 and {d.decision for d in state.pairs.values()} == {SAME, DIFFERENT}
+    point_of = {}
+    for point in handlers.store.scroll():
+        point_of[f"crop:{point.payload['photo_sha256']}:{point.payload.get('crop_index', 0)}"] = point.id
+    apart = {point_of[key] for key in rejected}
+
+    set_slider(page, "dup-threshold", "0.9")
+    set_slider(page, "sim-threshold", "0.8")
+    groups = json.loads(run_duplicates(page, reports).read_text())
+    assert any(g["min_similarity"] < 0.99 for g in groups if g["tier"] == "duplicate")  # really lower
+    for group in groups:
+        if group["tier"] != "identical":
+            assert not apart <= set(group["member_points"]), group["id"]
+    expect()(count).to_contain_text("groups reviewed", timeout=WAIT)
 
 
 # --------------------------------------------------------------------------- catalogue

@@ -220,9 +220,15 @@ def test_find_duplicates_lists_groups_heatmap_and_reports(handlers):
     found = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
     assert found.status.startswith(f"**{handlers.store.count()} crops** clustered")
     assert "| duplicate |" in found.status and "| similar |" in found.status
-    non_identical = [g for g in found.groups if g["tier"] != "identical"]
-    sizes = [g["size"] for g in non_identical if g["tier"] == "duplicate"]
-    assert sizes and sizes == sorted(sizes, reverse=True)  # largest first
+    # Review order (issue 16): to review first, cross-factory before within-factory, duplicate tier,
+    # then similar, then perceptual-hash copies, then largest first; byte-identical groups last.
+    tiers = {"duplicate": 0, "similar": 1, "phash": 2, "identical": 3}
+    order = [(g["tier"] == "identical", g["reviewed"], len(g["factories"]) < 2, tiers[g["tier"]], -g["size"])
+             for g in found.groups]
+    assert order == sorted(order)
+    sizes = [g["size"] for g in found.groups if g["tier"] == "duplicate" and len(g["factories"]) > 1]
+    assert sizes and sizes == sorted(sizes, reverse=True)  # largest first among the same kind
+    assert found.count.startswith(f"**0 of {sum(g['tier'] != 'identical' for g in found.groups)} groups reviewed**")
     assert len(found.gallery) == len(found.groups)
     assert found.heatmap is not None and found.heatmap.size[0] > 200
     assert sorted(Path(f).name for f in found.files) == ["groups.csv", "groups.json", "summary.json"]
@@ -256,3 +262,102 @@ def test_find_duplicates_scope_and_bad_options(handlers):
     cross = handlers.find_duplicates(0.99, 0.97, "cross-factory", ["factory_a", "factory_b"], "crop", "single")
     assert all(len(set(g["factories"])) >= 2 for g in cross.groups)
     assert handlers.find_duplicates(0.95, 0.85, "everything").status.startswith("⚠️ Unknown option")
+
+
+# --------------------------------------------------------------------------- review (issue 16)
+
+
+from search_ui.handlers import _md_escape as md  # noqa: E402 - messages are Markdown
+
+
+def _together(groups, a: str, b: str) -> bool:
+    return any({a, b} <= {m["point_id"] for m in g["members"]} for g in groups if g["tier"] != "identical")
+
+
+def test_review_confirm_reject_and_recluster_lower(handlers):
+    found = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
+    first = handlers.next_group(found.groups)
+    group = next(g for g in found.groups if g["id"] == first.group_id)
+    assert not group["reviewed"] and group["tier"] != "identical" and len(group["members"]) >= 3
+    assert first.members[0][1].endswith("representative")
+
+    rep, rejected = group["members"][0], group["members"][2]
+    assert handlers.reject_member(found.groups, group["id"], None).message.startswith("⚠️ Click the member")
+    assert handlers.reject_member(found.groups, group["id"], 0).message.startswith("⚠️ That is the representative")
+    after = handlers.reject_member(found.groups, group["id"], 2)
+    assert after.message.startswith(f"✗ {md(rejected['factory'])} · {md(rejected['product_id'])} is not the same shoe")
+    shown = next(g for g in after.groups if g["id"] == group["id"])
+    assert rejected["point_id"] not in {m["point_id"] for m in shown["members"]} and shown["size"] == group["size"] - 1
+    assert after.group_id == group["id"] and len(after.members) == group["size"] - 1
+    assert group["size"] == len(found.groups[[g["id"] for g in found.groups].index(group["id"])]["members"])  # state copied
+
+    confirmed = handlers.confirm_group(after.groups, group["id"])
+    assert confirmed.message.startswith(f"✓ {group['id']}: {group['size'] - 1} crops confirmed as the same shoe. Next: ")
+    assert next(g for g in confirmed.groups if g["id"] == group["id"])["reviewed"]
+    assert confirmed.group_id != group["id"] and not next(g for g in confirmed.groups if g["id"] == confirmed.group_id)["reviewed"]
+    assert confirmed.count.startswith("**1 of ") and [c for _, c in confirmed.gallery if c.startswith(group["id"])][0]\
+        .endswith("reviewed ✓")
+    assert confirmed.groups[-1]["tier"] == "identical" or all(g["tier"] != "identical" for g in confirmed.groups)
+
+    # Decisions are stored: a new handler (a restart) and lower thresholds keep them.
+    for dup, sim in ((0.95, 0.9), (0.9, 0.8), (0.5, 0.5)):
+        for linkage in ("single", "complete"):
+            again = handlers.find_duplicates(dup, sim, "all", [], "crop", linkage)
+            assert not _together(again.groups, rep["point_id"], rejected["point_id"]), (dup, linkage)
+            holding = [g for g in again.groups if g["tier"] == "duplicate"
+                       and rep["point_id"] in {m["point_id"] for m in g["members"]}]
+            assert len(holding) == 1
+            assert {m["point_id"] for m in shown["members"]} <= {m["point_id"] for m in holding[0]["members"]}
+    same_again = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
+    [kept] = [g for g in same_again.groups if g["tier"] == "duplicate"
+              and rep["point_id"] in {m["point_id"] for m in g["members"]}]
+    assert {m["point_id"] for m in kept["members"]} == {m["point_id"] for m in shown["members"]}
+    assert kept["reviewed"] and same_again.groups.index(kept) > same_again.groups.index(
+        next(g for g in same_again.groups if not g["reviewed"]))  # reviewed groups come after the rest
+
+
+def test_review_representative_and_product_links(handlers):
+    from core.review import product_groups
+
+    found = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
+    cross = next(g for g in found.groups if len(g["factories"]) > 1 and g["tier"] == "duplicate")
+    chosen = cross["members"][1]
+    made = handlers.make_representative(found.groups, cross["id"], 1)
+    assert made.message.startswith(f"★ {md(chosen['factory'])} · {md(chosen['product_id'])} now represents the group")
+    shown = next(g for g in made.groups if g["id"] == cross["id"])
+    assert shown["members"][0]["point_id"] == chosen["point_id"] and shown["members"][0]["similarity"] == 1.0
+    sims = [m["similarity"] for m in shown["members"][1:]]
+    assert sims == sorted(sims, reverse=True) and all(s < 1.0 + 1e-6 for s in sims)
+    assert made.members[0][1] == f"{chosen['factory']} · {chosen['product_id']} · representative"
+    again = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")  # it leads in later runs too
+    [same] = [g for g in again.groups if g["id"] == cross["id"]]
+    assert same["members"][0]["point_id"] == chosen["point_id"]
+
+    linked = handlers.link_products(again.groups, cross["id"])
+    products = sorted({f"{m['factory']}/{m['product_id']}" for m in same["members"]})
+    assert linked.message.startswith(f"🔗 Linked {len(products)} products as one shoe")
+    assert next(g for g in linked.groups if g["id"] == cross["id"])["reviewed"]
+    state = handlers.clusters.decisions.load()
+    [group_products] = [g for g in product_groups(state) if f"product:{products[0]}" in g]
+    factories = {p.split(":", 1)[1].split("/")[0] for p in group_products}
+    assert factories == set(same["factories"])
+    assert all(d.similarity is not None and -1 <= d.similarity <= 1.0001 for d in state.product_links())
+
+    single = next((g for g in again.groups if len(g["factories"]) == 1 and g["tier"] != "identical"), None)
+    if single is not None:
+        assert handlers.link_products(again.groups, single["id"]).message.startswith("⚠️ Every member is from")
+    assert handlers.confirm_group(again.groups, None).message.startswith("⚠️ Pick a group first")
+    assert handlers.next_group([], None).message == "⚠️ Find duplicates first."
+
+
+def test_review_error_is_a_message_and_changes_nothing(handlers):
+    found = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
+    group = handlers.next_group(found.groups)
+    path = handlers.clusters.decisions.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not json")
+    review = handlers.confirm_group(found.groups, group.group_id)
+    assert review.message.startswith("⚠️ the review decisions") and "are damaged" in review.message
+    assert review.group_id == group.group_id and path.read_text() == "not json"
+    assert not next(g for g in review.groups if g["id"] == group.group_id)["reviewed"]
+    assert handlers.find_duplicates(0.99, 0.97).status.startswith("⚠️ the review decisions")
