@@ -29,7 +29,6 @@ from core import photo_hash, review
 from core.clustering import (
     ClusterSettings, Constraints, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix,
 )
-from core.diskspace import writing
 from core.errors import EmptyIndex, ShoeSearchError
 from core.models import GROUP_KEY_PREFIX
 from core.journal import crash_point
@@ -224,12 +223,11 @@ class ClusterService:
             self.store.set_payload(stale, {key: None})
         crash_point("cluster.before_sidecar")
         try:
-            with writing(self.state_path.parent, "saving the groups"):
-                self.state_path.parent.mkdir(parents=True, exist_ok=True)
-                review.atomic_write(self.state_path, json.dumps({
-                    "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "groups": {g.id: g.member_points for g in groups},
-                    "reviewed": sorted(g.id for g in groups if g.reviewed)}).encode())
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            review.atomic_write(self.state_path, json.dumps({
+                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "groups": {g.id: g.member_points for g in groups},
+                "reviewed": sorted(g.id for g in groups if g.reviewed)}).encode())
         except OSError as exc:
             raise ShoeSearchError(f"cannot save the group ids to {self.state_path}: {exc.strerror or exc} (the "
                                   f"groups are in the points' payload; the next run may give new ids)") from None
