@@ -15,6 +15,11 @@ A filter (`Where`) is a mapping {payload key: allowed values, or Contains(text)}
 matches when every key holds one of its values (or, for Contains, a value with that
 substring, case-sensitive). Filtered queries on Edge run exact (its filtered HNSW misses
 hits), so filtered results equal a brute-force scan.
+
+Recommend queries (like / dislike examples, given as vectors) follow Qdrant's three strategies:
+`best_score` and `sum_scores` run as each backend's own recommend query; `average_vector` is a
+nearest query with `average_vector()` (qdrant-client: its own RecommendQuery; Edge has no
+average strategy, so the same formula is computed here).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ SCHEMA_VERSION = 1
 EXACT_QUERY_MAX_POINTS = 250_000
 HNSW_EF = 512
 INDEXED_KEYWORDS = ("factory", "product_id", "photo_sha256", "photo_path")
-
+RECOMMEND_STRATEGIES = ("average_vector", "best_score", "sum_scores")
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,16 @@ class Store(Protocol):
         """Nearest crops, best first. `exact`: None = the store decides (exact unless huge),
         False = use the approximate index (nearest-neighbour candidates for clustering)."""
         ...
+    def recommend(self, positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = (),
+                  where: Where | None = None, limit: int = 10, score_threshold: float | None = None,
+                  strategy: str = "average_vector") -> list[Hit]:
+        """Crops like the `positive` vectors and unlike the `negative` ones, best first, by one of
+        RECOMMEND_STRATEGIES (Qdrant's definitions, exact search):
+        - average_vector: nearest to `average_vector(positive, negative)`; scores are cosines
+        - best_score: best positive cosine p, best negative cosine n (-inf if none); score
+          s(p) = 0.5 * (p / (1 + |p|) + 1) when p > n, else -s(n)
+        - sum_scores: sum of positive cosines minus sum of negative cosines"""
+        ...
     def scroll(self, where: Where | None = None, with_vectors: bool = False,
                batch_size: int = 512) -> Iterator[StoredPoint]: ...
     def count(self, where: Where | None = None) -> int: ...
@@ -106,6 +121,26 @@ def check_model(info: CollectionInfo, collection: str, location: str, model: str
             + (f" ({dimension}-d)" if dimension is not None else "")
             + ". Use the same CLIP_MODEL, pick another QDRANT_COLLECTION, or remove the collection to re-index."
         )
+
+
+def average_vector(positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = ()) -> np.ndarray:
+    """Qdrant's `average_vector` recommend query: mean(positive) + (mean(positive) - mean(negative)),
+    or mean(positive) when there is no negative."""
+    if len(positive) == 0:
+        raise ValueError("average_vector needs at least one positive example")
+    mean = np.mean(np.asarray(positive, dtype=np.float32), axis=0)
+    if len(negative) == 0:
+        return mean
+    return mean + mean - np.mean(np.asarray(negative, dtype=np.float32), axis=0)
+
+
+def _check_recommend(positive, negative, strategy: str) -> None:
+    if strategy not in RECOMMEND_STRATEGIES:
+        raise ValueError(f"unknown recommend strategy {strategy!r}: one of {', '.join(RECOMMEND_STRATEGIES)}")
+    if len(positive) == 0 and len(negative) == 0:
+        raise ValueError("a recommend query needs at least one example")
+    if strategy == "average_vector" and len(positive) == 0:
+        raise ValueError("average_vector needs at least one positive example")
 
 
 def _vector_list(vector: Any) -> list[float]:
@@ -329,6 +364,24 @@ class EdgeStore:
             points = self._shard.query(request)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
+    def recommend(self, positive, negative=(), where=None, limit=10, score_threshold=None,
+                  strategy="average_vector") -> list[Hit]:
+        from qdrant_edge import Query, QueryRequest, RecommendQuery, SearchParams
+
+        _check_recommend(positive, negative, strategy)
+        if strategy == "average_vector":  # Edge has no average strategy: the same formula, then nearest
+            return self.query(average_vector(positive, negative), where=where, limit=limit,
+                              score_threshold=score_threshold, exact=True)
+        if self._shard is None:
+            return []
+        make = Query.RecommendBestScore if strategy == "best_score" else Query.RecommendSumScores
+        examples = RecommendQuery([_vector_list(v) for v in positive], [_vector_list(v) for v in negative])
+        with self._lock:
+            points = self._shard.query(QueryRequest(
+                limit=limit, query=make(examples, using=VECTOR_NAME), filter=self._filter(where),
+                with_payload=True, score_threshold=score_threshold, params=SearchParams(exact=True)))
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
     def scroll(self, where=None, with_vectors=False, batch_size=512) -> Iterator[StoredPoint]:
         from qdrant_edge import ScrollRequest
 
@@ -549,6 +602,20 @@ class QdrantClientStore:
             query_filter=self._filter(where), limit=limit, with_payload=True,
             score_threshold=score_threshold,
             search_params=models.SearchParams(exact=exact) if exact is not None else None,
+        ).points, [])
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+    def recommend(self, positive, negative=(), where=None, limit=10, score_threshold=None,
+                  strategy="average_vector") -> list[Hit]:
+        from qdrant_client import models
+
+        _check_recommend(positive, negative, strategy)
+        query = models.RecommendQuery(recommend=models.RecommendInput(
+            positive=[_vector_list(v) for v in positive], negative=[_vector_list(v) for v in negative],
+            strategy=models.RecommendStrategy(strategy)))
+        points = self._read(lambda: self.client.query_points(
+            self.collection, query=query, using=VECTOR_NAME, query_filter=self._filter(where), limit=limit,
+            with_payload=True, score_threshold=score_threshold, search_params=models.SearchParams(exact=True),
         ).points, [])
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
