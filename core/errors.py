@@ -41,3 +41,7 @@ class NotAFactoryFolder(ShoeSearchError):
 
 class UnknownFactory(ShoeSearchError):
     """A factory filter names a factory the index does not hold."""
+
+
+class ImageUrlError(ShoeSearchError):
+    """A photo given by URL cannot be fetched or used (refused address, limit, not an image)."""

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     ui_password: str = Field("", description="With UI_USERNAME: require this login for the UI.")
     ui_max_upload_mb: int = Field(50, ge=1, description="Largest upload (photo or zip) the UI accepts.")
 
+    image_urls: bool = Field(True, description="Allow searching with a photo given by http(s) URL (UI, API, CLI).")
+    image_url_max_mb: float = Field(20.0, gt=0, description="Largest photo fetched from a URL, in MB.")
+    image_url_timeout: float = Field(10.0, gt=0, description="Seconds a URL fetch may take in all (redirects included).")
+    image_url_allow_private: bool = Field(
+        False, description="Also fetch from loopback and private-network addresses (an intranet image server); "
+                           "link-local and cloud metadata addresses stay refused.")
+
     @field_validator("detector_classes", mode="before")
     @classmethod
     def _split_classes(cls, value: object) -> object:
