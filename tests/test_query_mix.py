@@ -234,3 +234,33 @@ def test_refine_gives_the_same_answers_on_both_stores(indexed):
         assert [h.point_id for h in edge] == [h.point_id for h in client] or \
             len({round(h.score, 4) for h in edge}) < len(edge)
     other.close()
+
+
+def test_with_a_projection_head_refine_uses_the_head_and_words_stay_raw(indexed, tmp_path):
+    """Liked crops are photos: refinement searches the head's collection with projected vectors.
+    Words live in the raw CLIP space: photo + words searches the raw collection."""
+    from core.head_index import HeadIndex
+    from core.tuning import HeadInfo, ProjectionHead
+
+    catalogue, store, base, points = indexed
+    weight = np.random.default_rng(5).normal(size=(8, store.info().dimension)).astype(np.float32)
+    head = ProjectionHead(weight, HeadInfo(store.info().model, store.info().dimension, 8, "f" * 16, "mnr", 1, 1, 1, 1))
+    head_store = EdgeStore(tmp_path / "head", "shoes-head")
+    try:
+        index = HeadIndex(head, head_store)
+        index.sync_from(store)
+        search = SearchService(store, base.embedder, head_index=index)
+        liked, disliked = [points[2], points[8]], [points[15]]
+        hits = search.refine([p.id for p in liked], [p.id for p in disliked], top_k=6)
+        projected = [type(p)(p.id, p.payload, head.apply(p.vector)) for p in points]
+        target = _unit(average_vector(head.apply(np.stack([p.vector for p in liked])),
+                                      head.apply(np.stack([p.vector for p in disliked]))))
+        assert_top_k(hits, projected, target, 6, {p.id for p in liked + disliked})
+
+        image = Image.open(catalogue.photos[1].path).convert("RGB")
+        mixed = search.search_image(image, top_k=5, words=terms("red", "", 1.0))
+        photo = base.embedder.embed_images([image])[0]
+        [red] = base.embedder.embed_texts(["red"])
+        assert_top_k(mixed, points, mix(photo, [red], [1.0]), 5)
+    finally:
+        head_store.close()
