@@ -29,6 +29,11 @@ class Embedder(Protocol):
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
+def text_model_of(embedder) -> str:
+    """The text encoder an embedder pairs with its CLIP model ('' = CLIP's own text tower)."""
+    return getattr(embedder, "text_model_id", "")
+
+
 def model_id_for(model: str) -> str:
     """The name recorded in the collection: a local directory counts by its folder name,
     so `./models/clip-ViT-B-32` and `clip-ViT-B-32` are the same model."""
@@ -84,9 +89,14 @@ class ClipEmbedder:
     """
 
     def __init__(self, model: str, device: str = "auto", batch_size: int = 32, precision: str = "auto",
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, text_model: str = "") -> None:
+        """`text_model`: a sentence-transformers text encoder trained into this CLIP's space
+        (TEXT_MODEL, e.g. a multilingual one) used for texts instead of CLIP's own text tower."""
         self.model_name = model
         self.model_id = model_id_for(model)
+        self.text_model_name = text_model
+        self.text_model_id = model_id_for(text_model) if text_model else ""
+        self._text_model = None
         self.device = device
         self.batch_size = batch_size
         self.precision = precision
@@ -189,5 +199,50 @@ class ClipEmbedder:
             return onnx_clip.embed(self._image_session, self._image_processor, list(images), self.batch_size)
         return self._encode(list(images))
 
+    def _load_text_model(self):
+        """TEXT_MODEL, loaded on the first text query; its vectors must have CLIP's size."""
+        self.load()
+        with self._lock:
+            if self._text_model is None:
+                try:
+                    from sentence_transformers import SentenceTransformer
+
+                    device = resolve_device(self.device)
+                    model = _NamedLoader(self.text_model_name).load(SentenceTransformer, device)
+                    if device == "cuda":
+                        model.half()
+                except Exception as exc:
+                    raise ModelUnavailable(
+                        f"TEXT_MODEL '{self.text_model_name}' could not be loaded ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0][:200]}). Offline, set TEXT_MODEL to a local folder with "
+                        f"the model, or leave it empty to use CLIP's own text encoder."
+                    ) from exc
+                get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+                if int(get_dim()) != self._dimension:
+                    raise ModelUnavailable(
+                        f"TEXT_MODEL '{self.text_model_name}' gives {int(get_dim())}-d vectors, but CLIP_MODEL "
+                        f"'{self.model_name}' gives {self._dimension}-d: pick the text model trained for this CLIP "
+                        f"(clip-ViT-B-32-multilingual-v1 for clip-ViT-B-32), or leave TEXT_MODEL empty.")
+                self._text_model = model
+            return self._text_model
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode([clean_query_text(t) for t in texts])
+        if not self.text_model_name:
+            return self._encode([clean_query_text(t) for t in texts])
+        model = self._load_text_model()
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        # A plain text encoder takes texts as they are (no image-path guessing to defeat).
+        vectors = model.encode([" ".join(t.split()) for t in texts], batch_size=self.batch_size,
+                               normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class _NamedLoader:
+    """`ClipEmbedder._from_cache_or_hub` for another model name (the text model)."""
+
+    def __init__(self, name: str) -> None:
+        self.model_name = name
+
+    def load(self, loader, device: str):
+        return ClipEmbedder._from_cache_or_hub(self, loader, device)

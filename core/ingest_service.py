@@ -18,7 +18,7 @@ from typing import Any
 from core.batches import iter_batches
 from core.catalogue import path_text
 from core.detector import Detector
-from core.embedder import Embedder
+from core.embedder import Embedder, text_model_of
 from core.errors import BadImage, StoreUnavailable
 from core.ids import point_id
 from core.images import expand_box, file_sha256, load_photo_scaled, save_thumbnail
@@ -87,7 +87,8 @@ class IngestService:
         info = self.store.info()
         if info is not None:
             # Before any model loads: refuse to mix embedding spaces.
-            check_model(info, self.store.collection, self.store.location, self.embedder.model_id, None)
+            check_model(info, self.store.collection, self.store.location, self.embedder.model_id, None,
+                        text_model_of(self.embedder))
         seen_keys: set[tuple[str, str]] = set()
         done = 0
         # Two stages: while the models work on one batch, the next is hashed, looked up and decoded.
@@ -190,7 +191,7 @@ class IngestService:
         to_embed = self.background_remover.remove(crops) if self.background_remover else crops
         vectors = self.embedder.embed_images(to_embed)
         if not self._collection_ready:
-            self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]))
+            self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]), text_model_of(self.embedder))
             self._collection_ready = True
         list(pool.map(lambda pair: save_thumbnail(pair[0], self.data_dir / pair[1][1]["crop_path"],
                                                   self.thumbnail_size), zip(crops, payloads)))

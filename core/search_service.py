@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.detector import Detector, NoDetector
-from core.embedder import Embedder
+from core.embedder import Embedder, text_model_of
 from core.errors import EmptyIndex, ShoeSearchError
 from core.images import expand_box
 from core.models import Detection, Hit
@@ -72,7 +72,8 @@ class SearchService:
         info = self.store.info()
         if info is None or self.store.count() == 0:
             raise EmptyIndex(f"The index ({self.store.location}) is empty: add photos first with `ingest add FOLDER`.")
-        check_model(info, self.store.collection, self.store.location, self.embedder.model_id, self.embedder.dimension)
+        check_model(info, self.store.collection, self.store.location, self.embedder.model_id, self.embedder.dimension,
+                    text_model_of(self.embedder))
 
     def search_vector(self, vector, where: Where | None = None, top_k: int = 10,
                       min_score: float | None = None) -> list[Hit]:
@@ -222,6 +223,7 @@ def index_stats(store: Store) -> dict[str, Any]:
         "collection": store.collection,
         "model": info.model if info else None,
         "dimension": info.dimension if info else None,
+        "text_model": (info.text_model or None) if info else None,
         "points": sum(crops.values()),
         "photos": sum(photos.values()),
         "factories": {name: {"crops": crops[name], "photos": photos.get(name, 0)} for name in sorted(crops)},

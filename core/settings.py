@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         0.0, ge=0.0, description="Seconds to wait for another process's hold on the embedded store (0: fail at once).")
 
     clip_model: str = Field("clip-ViT-B-32", description="sentence-transformers CLIP name or local directory.")
+    text_model: str = Field(
+        "", description="A text encoder trained into CLIP_MODEL's space for text queries (e.g. "
+                        "clip-ViT-B-32-multilingual-v1 for clip-ViT-B-32: 50+ languages); empty = CLIP's own.")
     detector_model: str = Field("yolov8n-oiv7.pt", description="ultralytics YOLO weights name or file; 'none' = off.")
     detector_classes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(OIV7_FOOTWEAR),
@@ -69,7 +72,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("qdrant_url", "qdrant_api_key", "detector_model", "clip_model", mode="before")
+    @field_validator("qdrant_url", "qdrant_api_key", "detector_model", "clip_model", "text_model", mode="before")
     @classmethod
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value

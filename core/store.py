@@ -68,6 +68,7 @@ class CollectionInfo:
     model: str
     dimension: int
     schema_version: int = SCHEMA_VERSION
+    text_model: str = ""  # TEXT_MODEL paired with `model` for text queries; "" = CLIP's own text tower
 
 
 @dataclass
@@ -84,7 +85,10 @@ class Store(Protocol):
     collection: str
 
     def info(self) -> CollectionInfo | None: ...
-    def ensure_collection(self, model: str, dimension: int) -> CollectionInfo: ...
+    def ensure_collection(self, model: str, dimension: int, text_model: str | None = None) -> CollectionInfo:
+        """The collection's record, made on first use (with `text_model`, "" when None); an existing
+        one must match `model`, `dimension` and (unless None) `text_model`."""
+        ...
     def upsert(self, points: Sequence[StoredPoint]) -> None: ...
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None: ...
@@ -112,14 +116,23 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def check_model(info: CollectionInfo, collection: str, location: str, model: str, dimension: int | None) -> None:
-    """Raise SchemaMismatch when a collection's vectors come from another model or size."""
+def check_model(info: CollectionInfo, collection: str, location: str, model: str, dimension: int | None,
+                text_model: str | None = None) -> None:
+    """Raise SchemaMismatch when a collection's vectors come from another model or size, or (when
+    `text_model` is given) when it pairs them with another text model."""
     if info.model != model or (dimension is not None and info.dimension != dimension):
         raise SchemaMismatch(
             f"Collection '{collection}' at {location} holds {info.dimension}-d vectors of model "
             f"'{info.model}', but CLIP_MODEL is '{model}'"
             + (f" ({dimension}-d)" if dimension is not None else "")
             + ". Use the same CLIP_MODEL, pick another QDRANT_COLLECTION, or remove the collection to re-index."
+        )
+    if text_model is not None and info.text_model != text_model:
+        recorded = f"text model '{info.text_model}'" if info.text_model else "CLIP's own text encoder"
+        wanted = f"'{text_model}'" if text_model else "empty (CLIP's own text encoder)"
+        raise SchemaMismatch(
+            f"Collection '{collection}' at {location} pairs its '{info.model}' vectors with {recorded} for text "
+            f"queries, but TEXT_MODEL is {wanted}. Use the same TEXT_MODEL, or index into another QDRANT_COLLECTION."
         )
 
 
@@ -268,16 +281,17 @@ class EdgeStore:
     def info(self) -> CollectionInfo | None:
         if self._info is None and self.meta_path.exists():  # read once, not on every query
             meta = json.loads(self.meta_path.read_text())
-            self._info = CollectionInfo(meta["model"], int(meta["dimension"]), int(meta.get("schema_version", 1)))
+            self._info = CollectionInfo(meta["model"], int(meta["dimension"]), int(meta.get("schema_version", 1)),
+                                        str(meta.get("text_model", "")))
         return self._info
 
-    def ensure_collection(self, model: str, dimension: int) -> CollectionInfo:
+    def ensure_collection(self, model: str, dimension: int, text_model: str | None = None) -> CollectionInfo:
         from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, PayloadSchemaType, UpdateOperation
 
         with self._lock:
             info = self.info()
             if info is not None:
-                check_model(info, self.collection, self.location, model, dimension)
+                check_model(info, self.collection, self.location, model, dimension, text_model)
                 return info
             config = EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=dimension, distance=Distance.Cosine)})
             if self.shard_dir.exists() and any(self.shard_dir.iterdir()):
@@ -288,10 +302,10 @@ class EdgeStore:
             for key in INDEXED_KEYWORDS:
                 shard.update(UpdateOperation.create_field_index(key, PayloadSchemaType.Keyword))
             shard.flush()
-            info = CollectionInfo(model, dimension)
+            info = CollectionInfo(model, dimension, text_model=text_model or "")
             tmp = self.meta_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({
-                "model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION,
+                "model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION, "text_model": info.text_model,
                 "vector": VECTOR_NAME, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }, indent=2))
             tmp.replace(self.meta_path)
@@ -497,27 +511,28 @@ class QdrantClientStore:
         vectors = config.params.vectors
         dimension = vectors[VECTOR_NAME].size if isinstance(vectors, dict) and VECTOR_NAME in vectors else 0
         self._info = CollectionInfo(str(meta.get("model", "?")), int(meta.get("dimension", dimension)),
-                                    int(meta.get("schema_version", SCHEMA_VERSION)))
+                                    int(meta.get("schema_version", SCHEMA_VERSION)), str(meta.get("text_model", "")))
         return self._info
 
-    def ensure_collection(self, model: str, dimension: int) -> CollectionInfo:
+    def ensure_collection(self, model: str, dimension: int, text_model: str | None = None) -> CollectionInfo:
         from qdrant_client import models
 
         info = self.info()
         if info is not None:
-            check_model(info, self.collection, self.location, model, dimension)
+            check_model(info, self.collection, self.location, model, dimension, text_model)
             return info
         with self._lock:
             self.client.create_collection(
                 self.collection,
                 vectors_config={VECTOR_NAME: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
-                metadata={"model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION},
+                metadata={"model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION,
+                          "text_model": text_model or ""},
             )
             with warnings.catch_warnings():  # local mode says payload indexes do nothing there
                 warnings.simplefilter("ignore", UserWarning)
                 for key in INDEXED_KEYWORDS:
                     self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
-        self._info = CollectionInfo(model, dimension)
+        self._info = CollectionInfo(model, dimension, text_model=text_model or "")
         return self._info
 
     @staticmethod

@@ -24,7 +24,8 @@ def open_store(settings: Settings, on_wait=None) -> Store:
 
 def build_embedder(settings: Settings) -> ClipEmbedder:
     return ClipEmbedder(settings.clip_model, device=settings.device, batch_size=settings.batch_size,
-                        precision=settings.embed_precision, cache_dir=settings.models_cache_dir)
+                        precision=settings.embed_precision, cache_dir=settings.models_cache_dir,
+                        text_model=settings.text_model)
 
 
 def build_detector(settings: Settings) -> Detector:

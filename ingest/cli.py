@@ -247,7 +247,8 @@ def stats(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
         _print_json(data)
         return
     typer.echo(f"store:    {data['location']} (collection {data['collection']})")
-    typer.echo(f"model:    {data['model'] or '-'} ({data['dimension'] or '-'}-d)")
+    typer.echo(f"model:    {data['model'] or '-'} ({data['dimension'] or '-'}-d)"
+               + (f", text queries by {data['text_model']}" if data.get("text_model") else ""))
     typer.echo(f"points:   {data['points']} crops from {data['photos']} photos")
     for name, counts in data["factories"].items():
         typer.echo(f"  {name:<24} {counts['crops']:>8} crops {counts['photos']:>8} photos")

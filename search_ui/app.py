@@ -483,7 +483,8 @@ def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
                                head_index=head, background_remover=ingest.background_remover)
         info = store.info()
         if info is not None:  # before any model loads: a mismatch is known from the names
-            check_model(info, store.collection, store.location, ingest.embedder.model_id, None)
+            check_model(info, store.collection, store.location, ingest.embedder.model_id, None,
+                        ingest.embedder.text_model_id)
         if preload:  # both models at once: start-up is mostly loading them
             from concurrent.futures import ThreadPoolExecutor
 
