@@ -1,6 +1,6 @@
 """TEXT_MODEL: a multilingual text encoder paired with the CLIP image model, recorded by the
 collection, refused when it does not match. Tested with a tiny text model of the real one's
-structure (BERT + mean pooling + dense to the CLIP dimension), built at test time."""
+structure (DistilBERT + mean pooling + dense to the CLIP dimension), built at test time."""
 
 from __future__ import annotations
 
