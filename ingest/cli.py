@@ -427,7 +427,9 @@ def eval_command(
                 from core.background import build_remover
 
                 compared = compare_models(
-                    store, model, lambda name: build_embedder(settings.model_copy(update={"clip_model": name})),
+                    # TEXT_MODEL was trained for CLIP_MODEL only: other models use their own text encoders.
+                    store, model, lambda name: build_embedder(settings.model_copy(update={
+                        "clip_model": name, "text_model": settings.text_model if name == settings.clip_model else ""})),
                     sample=sample, queries=text, max_pixels=settings.max_image_pixels,
                     removers=[build_remover(kind, settings.background_model) for kind in (background or ["none"])])
                 output = {"sample_crops": compared["sample_crops"], "models": {}}

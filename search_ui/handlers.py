@@ -143,7 +143,8 @@ class Handlers:
         stats = index_stats(self.store)
         lines = [
             f"**Store:** {stats['location']} (collection `{stats['collection']}`)  ",
-            f"**Model:** {stats['model'] or '-'} ({stats['dimension'] or '-'}-d)  ",
+            f"**Model:** {stats['model'] or '-'} ({stats['dimension'] or '-'}-d)"
+            + (f", text queries by {_md_escape(stats['text_model'])}" if stats.get("text_model") else "") + "  ",
             f"**Indexed:** {stats['points']} crops from {stats['photos']} photos",
             "",
             "| factory | photos | crops |",

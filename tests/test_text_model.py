@@ -125,6 +125,7 @@ def test_ui_start_up_refuses_another_text_model(ui_settings, tiny_text_dir, tiny
     try:
         results = handlers.search_text("botte rouge", top_k=2)
         assert len(results.hits) == 2 and results.status.startswith("2 results for “botte rouge”")
+        assert "**Model:** tiny-clip (16-d), text queries by tiny-multilingual" in handlers.catalogue_markdown()
     finally:
         handlers.store.close()
 
