@@ -11,12 +11,42 @@ import sys
 import numpy as np
 
 
+def cpu_flags() -> str:
+    """The vector instructions that decide model speed (from /proc/cpuinfo), e.g. 'avx2 avx512f avx512_vnni'."""
+    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+              "amx_int8", "amx_bf16"]
+    try:
+        with open("/proc/cpuinfo") as handle:
+            line = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return "unknown"
+    flags = set(line.split(":", 1)[-1].split())
+    found = [flag for flag in wanted if flag in flags]
+    missing = [flag for flag in ("avx512f", "avx512_vnni", "amx_tile") if flag not in flags]
+    return " ".join(found) + (f" (no {', '.join(missing)})" if missing else "")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-            f"{torch.get_num_threads()}, device {device}, python {platform.python_version()}")
+    try:
+        import onnxruntime
+
+        ort = f", onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        ort = ""
+    return (f"{cpu_model() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()}, device {device}, python {platform.python_version()}{ort}\n"
+            f"cpu flags: {cpu_flags()}")
 
 
 def clustered_vectors(n: int, dim: int = 512, seed: int = 0, group_size: int = 8,

@@ -5,10 +5,11 @@ Layout convention (`ingest add shoes/factory_a`):
 - product id: the subfolder directly under the factory folder when photos sit in product
   subfolders (`factory_a/SKU123/front.jpg` -> `SKU123`), else the file stem
   (`factory_a/SKU123.jpg` -> `SKU123`);
-- a manifest CSV (`path,product_id[,factory][,extra columns...]`) overrides both for the
-  photos it lists (a row's `factory` beats `--factory`, which beats the folder name); its
+- a manifest CSV (`path,product_id[,factory][,extra columns...]`, UTF-8) overrides both for
+  the photos it lists (a row's `factory` beats `--factory`, which beats the folder name); its
   paths are relative to the ingested folder (or absolute). Photos it does not list follow
-  the layout convention.
+  the layout convention. Extra columns are stored in the payload beside the keys ingest
+  computes; a column named like one of those (`box`, `photo_width`, `group_*`...) is refused.
 """
 
 from __future__ import annotations
@@ -22,15 +23,10 @@ from pathlib import Path
 
 from core.errors import ManifestError, NotAFactoryFolder, UnknownFactory
 from core.images import PHOTO_EXTENSIONS, is_photo
-from core.models import PhotoSource
+from core.models import PhotoSource, reserved_payload_key
 
-RESERVED_PAYLOAD_KEYS = frozenset(
-    {
-        "factory", "product_id", "photo_path", "photo_sha256", "crop_index", "box",
-        "detector_class", "detector_confidence", "width", "height", "crop_path", "model",
-        "ingested_at",
-    }
-)
+# Columns a manifest may have besides extras: they feed the computed payload keys of the same name.
+MANIFEST_COLUMNS = ("path", "product_id", "factory")
 
 
 def path_text(value: str | Path) -> str:
@@ -83,46 +79,106 @@ def product_from_layout(root: Path, photo: Path) -> str:
 def read_manifest(manifest: Path, root: Path) -> dict[Path, tuple[str, str | None, dict[str, str]]]:
     """Parse a manifest CSV into {absolute photo path: (product_id, factory or None, extras)}.
 
-    Raises ManifestError naming the file and line for: missing `path`/`product_id` columns,
-    an empty value, a path that does not exist, a path listed twice.
+    Raises ManifestError naming the file and line for: a file that is not UTF-8 text (or is
+    binary), a field over the CSV reader's limit, missing `path`/`product_id` columns, a column
+    named like a computed payload key or given twice, an empty value, a path that does not
+    exist, a path listed twice.
     """
     try:
-        handle = open(manifest, newline="", encoding="utf-8-sig")
+        handle = open(manifest, "rb")
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {manifest}: {exc.strerror or exc}") from exc
     rows: dict[Path, tuple[str, str | None, dict[str, str]]] = {}
     seen_on: dict[Path, int] = {}
     base = root if root.is_dir() else root.parent
     with handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("path", "product_id") if c not in columns]
-        if missing:
-            raise ManifestError(
-                f"{manifest}: line 1: missing column(s) {', '.join(missing)} "
-                f"(found: {', '.join(columns) or 'none'}; need path,product_id[,factory,...])"
-            )
-        for line_no, raw in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            if not row.get("path"):
-                raise ManifestError(f"{manifest}: line {line_no}: empty path")
-            if not row.get("product_id"):
-                raise ManifestError(f"{manifest}: line {line_no}: empty product_id for {row['path']}")
-            photo = Path(row["path"])
-            photo = (photo if photo.is_absolute() else base / photo).resolve()
-            if not photo.is_file():
-                raise ManifestError(f"{manifest}: line {line_no}: no such photo: {row['path']}")
-            if photo in seen_on:
-                raise ManifestError(
-                    f"{manifest}: line {line_no}: {row['path']} is listed twice (first on line {seen_on[photo]})"
-                )
-            seen_on[photo] = line_no
-            extras = {
-                k: v for k, v in row.items() if k and k not in {"path", "product_id", "factory"}
-                and k not in RESERVED_PAYLOAD_KEYS
-            }
-            rows[photo] = (row["product_id"], row.get("factory") or None, extras)
+        reader = csv.reader(_text_lines(handle, manifest))
+        try:
+            header = [c.strip() for c in next(reader, [])]
+            _check_columns(manifest, header)
+            for raw in reader:
+                line_no = reader.line_num
+                if not raw:
+                    continue  # a blank line
+                row = {name: value.strip() for name, value in zip(header, raw) if name}
+                if not row.get("path"):
+                    raise ManifestError(f"{manifest}: line {line_no}: empty path")
+                if not row.get("product_id"):
+                    raise ManifestError(f"{manifest}: line {line_no}: empty product_id for {row['path']}")
+                try:
+                    photo = Path(row["path"])
+                    photo = (photo if photo.is_absolute() else base / photo).resolve()
+                    listed = photo.is_file()
+                except (OSError, ValueError):  # a NUL byte, a name too long...
+                    listed = False
+                if not listed:
+                    raise ManifestError(f"{manifest}: line {line_no}: no such photo: {row['path']}")
+                if photo in seen_on:
+                    raise ManifestError(
+                        f"{manifest}: line {line_no}: {row['path']} is listed twice (first on line {seen_on[photo]})"
+                    )
+                seen_on[photo] = line_no
+                extras = {k: v for k, v in row.items() if k not in MANIFEST_COLUMNS}
+                rows[photo] = (row["product_id"], row.get("factory") or None, extras)
+        except csv.Error as exc:
+            line_no = reader.line_num + (0 if reader.line_num else 1)
+            raise ManifestError(f"{manifest}: line {line_no}: {_csv_problem(exc)}") from exc
     return rows
+
+
+# A longer line is no manifest row (each field is at most csv.field_size_limit(), 128 K).
+MAX_LINE_BYTES = 4 << 20
+
+
+def _text_lines(handle, manifest: Path) -> Iterator[str]:
+    """The manifest's lines as text, checked one by one, so a problem names its line: bytes that
+    are not UTF-8, a NUL byte (a binary file), a line too long to be a row."""
+    line_no = 0
+    while True:
+        try:
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+        except OSError as exc:
+            raise ManifestError(f"{manifest}: line {line_no + 1}: cannot read: {exc.strerror or exc}") from exc
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise ManifestError(f"{manifest}: line {line_no}: longer than {MAX_LINE_BYTES >> 20} MB: "
+                                f"this is not a CSV manifest")
+        try:
+            text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(
+                f"{manifest}: line {line_no}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                f"save the manifest as UTF-8 CSV"
+            ) from None
+        if "\x00" in text:
+            raise ManifestError(f"{manifest}: line {line_no}: a NUL byte: this is a binary file, not a CSV manifest")
+        yield text
+
+
+def _check_columns(manifest: Path, header: list[str]) -> None:
+    missing = [c for c in ("path", "product_id") if c not in header]
+    if missing:
+        raise ManifestError(
+            f"{manifest}: line 1: missing column(s) {', '.join(missing)} "
+            f"(found: {', '.join(c for c in header if c) or 'none'}; need path,product_id[,factory,...])"
+        )
+    for index, name in enumerate(header):
+        if name and name in header[:index]:
+            raise ManifestError(f"{manifest}: line 1: column {name!r} appears twice")
+        if name not in MANIFEST_COLUMNS and reserved_payload_key(name):
+            raise ManifestError(
+                f"{manifest}: line 1: column {name!r} is a key ingest computes for every crop "
+                f"(it would overwrite it); rename the column"
+            )
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    text = str(exc)
+    if "field larger than field limit" in text:
+        return f"a field longer than {csv.field_size_limit():,} characters (an unclosed quote?)"
+    return f"not a valid CSV line ({text})"
 
 
 def discover(root: Path, factory: str | None = None, manifest: Path | None = None) -> Iterator[PhotoSource]:

@@ -3,7 +3,9 @@
 The last run's groups are kept twice: in a sidecar (`DATA_DIR/clusters/<collection>.json`,
 group id -> member point ids, used to keep ids stable on the next run) and in the points'
 payload (`group_identical`, `group_duplicate`, `group_similar`), so searches can filter by
-group.
+group. Payloads are written first, the sidecar last (atomically); each run compares every
+point's payload with the groups it should carry, so group ids left by a killed run (in
+payloads, unknown to the sidecar) are cleared by the next run.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from typing import Any
 import numpy as np
 
 from core.clustering import ClusterSettings, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix
+from core.diskspace import writing
 from core.errors import EmptyIndex, ShoeSearchError
+from core.models import GROUP_KEY_PREFIX
+from core.journal import crash_point
 from core.store import Store
 
 TIERS = ("identical", "duplicate", "similar")
-PAYLOAD_KEY = {tier: f"group_{tier}" for tier in TIERS}
+PAYLOAD_KEY = {tier: f"{GROUP_KEY_PREFIX}{tier}" for tier in TIERS}
 FORMATS = ("json", "csv", "folders", "collage")
 # Above this many crops the exact pair search gives way to k-nearest-neighbour candidates.
 EXACT_MAX_ITEMS = 300_000
@@ -123,6 +128,7 @@ class ClusterService:
             knn: int = 32, progress: Callable[[float, str], None] | None = None) -> ClusterResult:
         """Cluster, give groups stable ids, store group ids in payloads and the sidecar."""
         started = time.perf_counter()
+        self.store.check_writable("saving group ids")  # before the work, not after it
         if progress:
             progress(0.0, "reading vectors")
         items = load_items(self.store, factories)
@@ -143,7 +149,7 @@ class ClusterService:
         dissolved = assign_stable_ids(groups, previous)
         if progress:
             progress(0.9, "saving group ids")
-        self._save(groups, previous)
+        self._save(groups, items, bool(factories))
         factories_count = Counter(str(p.get("factory", "")) for p in items.payloads)
         grouped = {p for g in groups if g.tier in ("duplicate", "similar") for p in g.member_points}
         ungrouped = [{"point_id": pid, "factory": str(payload.get("factory", "")),
@@ -165,29 +171,33 @@ class ClusterService:
         except (ValueError, KeyError):
             return {}
 
-    def _save(self, groups: list[Group], previous: dict[str, list[str]]) -> None:
-        """Write group ids into payloads (clearing last run's) and the sidecar, atomically."""
+    def _save(self, groups: list[Group], items: Items, filtered: bool) -> None:
+        """Make every point's group ids in its payload those of `groups` (setting new ones,
+        clearing any other: last run's, or a killed run's), then write the sidecar atomically."""
         assigned: dict[str, dict[str, str]] = {}
         for group in groups:
             for point in group.member_points:
                 assigned.setdefault(point, {})[PAYLOAD_KEY[group.tier]] = group.id
+        payloads = dict(zip(items.ids, items.payloads))
+        if filtered:  # points of other factories may hold group ids too
+            for point in self.store.scroll(batch_size=1024):
+                payloads.setdefault(point.id, point.payload)
         for group in groups:
-            self.store.set_payload(group.member_points, {PAYLOAD_KEY[group.tier]: group.id})
-        stale_keys: dict[str, list[str]] = {}
-        for old_id, members in previous.items():
-            tier = next(t for t, prefix in (("identical", "idt"), ("duplicate", "dup"), ("similar", "sim"))
-                        if old_id.startswith(prefix + "-"))
-            for point in members:
-                if PAYLOAD_KEY[tier] not in assigned.get(point, {}):
-                    stale_keys.setdefault(PAYLOAD_KEY[tier], []).append(point)
-        existing = {p.id for p in self.store.retrieve(sorted({p for ids in stale_keys.values() for p in ids}))}
-        for key, points in stale_keys.items():
-            self.store.set_payload([p for p in points if p in existing], {key: None})
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                   "groups": {g.id: g.member_points for g in groups}}))
-        tmp.replace(self.state_path)
+            key = PAYLOAD_KEY[group.tier]
+            self.store.set_payload([p for p in group.member_points if payloads[p].get(key) != group.id],
+                                   {key: group.id})
+            crash_point("cluster.after_group")
+        for key in PAYLOAD_KEY.values():
+            stale = [pid for pid, payload in payloads.items()
+                     if payload.get(key) is not None and key not in assigned.get(pid, {})]
+            self.store.set_payload(stale, {key: None})
+        crash_point("cluster.before_sidecar")
+        with writing(self.state_path.parent, "saving the groups"):
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                       "groups": {g.id: g.member_points for g in groups}}))
+            tmp.replace(self.state_path)
 
     def last_groups(self) -> dict[str, list[str]]:
         """The last run's groups: id -> member point ids."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +29,31 @@ class Embedder(Protocol):
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def fit_text(self, text: str) -> QueryText: ...
+
+
+@dataclass(frozen=True)
+class QueryText:
+    """A text query as the text model reads it: cut at the model's token limit."""
+
+    text: str  # what is handed to the model (the whole query when it fits)
+    tokens: int  # tokens of the whole query, start and end tokens included (0: not counted)
+    limit: int  # the most tokens the text model reads
+    read: str  # the part of the query the model reads
+
+    @property
+    def truncated(self) -> bool:
+        return self.tokens > self.limit
+
+    @property
+    def notice(self) -> str:
+        """One line for the user when the query was cut, else empty."""
+        if not self.truncated:
+            return ""
+        tail = self.read[-40:]
+        return (f"query truncated: {self.tokens:,} tokens, the CLIP text model reads only the first {self.limit} "
+                f"(up to \u201c{'...' if len(self.read) > 40 else ''}{tail}\u201d)")
 
 
 def text_model_of(embedder) -> str:
@@ -78,6 +105,64 @@ def clean_query_text(text: str) -> str:
 # Below this cosine to fp32 (on probe photos) the int8 image encoder is not used.
 INT8_MIN_COSINE = 0.999
 
+# CLIP's processor scales a crop's short side to 224 px and keeps the centre square; a 200000x1
+# strip would first become 44,800,000x224 pixels (30 GB). Longer crops are cut to their centre
+# at this ratio first: the square the model sees is inside it, so what it sees is unchanged.
+MAX_EMBED_ASPECT = 3.0
+
+
+def centre_within_aspect(img: Image.Image, max_aspect: float = MAX_EMBED_ASPECT) -> Image.Image:
+    """`img`, or its centre part whose long side is at most `max_aspect` times its short side."""
+    width, height = img.size
+    short = max(1, min(width, height))
+    if max(width, height) <= max_aspect * short:
+        return img
+    keep = max(1, int(max_aspect * short))
+    if width > height:
+        left = (width - keep) // 2
+        return img.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return img.crop((0, top, width, top + keep))
+
+
+def _tokenizer(model):
+    module = model[0]
+    tokenizer = getattr(module, "tokenizer", None)
+    if tokenizer is None:
+        processor = getattr(module, "processor", None)
+        tokenizer = getattr(processor, "tokenizer", processor)
+    return tokenizer if callable(tokenizer) else None
+
+
+def _text_token_limit(model) -> int | None:
+    """The most tokens the text tower reads: its position embeddings (CLIP: 77), or the
+    tokenizer's own limit when smaller. Also makes sentence-transformers truncate there: a
+    saved tokenizer may declare no limit, and a longer text would crash the text tower."""
+    module = model[0]
+    config = getattr(getattr(module, "auto_model", None), "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    limits = [getattr(config, "max_position_embeddings", None), getattr(_tokenizer(model), "model_max_length", None)]
+    found = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    if not found:
+        return None
+    limit = min(found)
+    if getattr(module, "max_seq_length", None) != limit:
+        try:
+            module.max_seq_length = limit
+        except (AttributeError, TypeError):
+            pass
+    return limit
+
+
+def _processor_centre_crops(model) -> bool:
+    """True when the image processor scales the short side and keeps the centre (CLIP's)."""
+    processor = getattr(model[0], "processor", None)
+    image_processor = getattr(processor, "image_processor", processor)
+    size = getattr(image_processor, "size", None)
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+    return bool(getattr(image_processor, "do_center_crop", False)) and bool(shortest)
+
 
 class ClipEmbedder:
     """A sentence-transformers CLIP model, loaded on first use (or by `load()`).
@@ -97,6 +182,8 @@ class ClipEmbedder:
         self.text_model_name = text_model
         self.text_model_id = model_id_for(text_model) if text_model else ""
         self._text_model = None
+        self._text_model_limit: int | None = None
+        self._text_model_tokenizer = None
         self.device = device
         self.batch_size = batch_size
         self.precision = precision
@@ -106,6 +193,10 @@ class ClipEmbedder:
         self._image_session = None
         self._image_processor = None
         self._dimension: int | None = None
+        self._text_limit: int | None = None
+        self._counting_tokenizer = None  # a copy: counting must not flip the model's own truncation settings
+        self._counting_lock = threading.Lock()
+        self._crops_centred = False  # does the image processor keep only the centre square?
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -137,6 +228,10 @@ class ClipEmbedder:
                 ) from exc
             get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
             self._dimension = int(get_dim())
+            self._text_limit = _text_token_limit(model)
+            tokenizer = _tokenizer(model)
+            self._counting_tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else None
+            self._crops_centred = _processor_centre_crops(model)
             self._model = model
             if device == "cuda":
                 self.active_precision = "fp16"
@@ -193,6 +288,8 @@ class ClipEmbedder:
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         self.load()
+        if self._crops_centred:  # memory per crop stays bounded whatever its shape
+            images = [centre_within_aspect(img) for img in images]
         if self._image_session is not None and images:
             from core import onnx_clip
 
@@ -223,19 +320,60 @@ class ClipEmbedder:
                         f"TEXT_MODEL '{self.text_model_name}' gives {int(get_dim())}-d vectors, but CLIP_MODEL "
                         f"'{self.model_name}' gives {self._dimension}-d: pick the text model trained for this CLIP "
                         f"(clip-ViT-B-32-multilingual-v1 for clip-ViT-B-32), or leave TEXT_MODEL empty.")
+                self._text_model_limit = _text_token_limit(model)
+                tokenizer = _tokenizer(model)
+                self._text_model_tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else None
                 self._text_model = model
             return self._text_model
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Text vectors (TEXT_MODEL's when set, else CLIP's own text tower); a text over the model's
+        token limit is embedded from its start (see `fit_text`)."""
+        fitted = [self.fit_text(t).text for t in texts]
         if not self.text_model_name:
-            return self._encode([clean_query_text(t) for t in texts])
+            return self._encode(fitted)
         model = self._load_text_model()
-        if not texts:
+        if not fitted:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        # A plain text encoder takes texts as they are (no image-path guessing to defeat).
-        vectors = model.encode([" ".join(t.split()) for t in texts], batch_size=self.batch_size,
-                               normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        vectors = model.encode(fitted, batch_size=self.batch_size, normalize_embeddings=True,
+                               convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
+
+    def fit_text(self, text: str) -> QueryText:
+        """The query as the text model reads it: its first `limit` tokens (CLIP: 77, start and
+        end tokens included), counted with the model's own tokenizer (TEXT_MODEL's when set)."""
+        self.load()
+        text = clean_query_text(text)
+        tokenizer = self._counting_tokenizer
+        limit = self._text_limit
+        if self.text_model_name:
+            self._load_text_model()
+            tokenizer, limit = self._text_model_tokenizer, self._text_model_limit
+        if tokenizer is None or limit is None:
+            return QueryText(text, 0, 0, text)
+        offsets = bool(getattr(tokenizer, "is_fast", False))
+        with self._counting_lock:  # a Rust tokenizer refuses concurrent calls that change its settings
+            encoded = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False,
+                                return_offsets_mapping=offsets)
+        ids = list(encoded["input_ids"])
+        if len(ids) <= limit:
+            return QueryText(text, len(ids), limit, text)
+        # CLIP wraps a text in start/end tokens, BERT-family text models in [CLS]/[SEP].
+        starts = {getattr(tokenizer, name, None) for name in ("bos_token_id", "cls_token_id")} - {None}
+        ends = {getattr(tokenizer, name, None) for name in ("eos_token_id", "sep_token_id")} - {None}
+        leading = 1 if ids[0] in starts else 0
+        trailing = 1 if ids[-1] in ends else 0
+        keep = limit - leading - trailing  # content tokens the model reads (sentence-transformers cuts there)
+        if offsets:
+            spans = encoded["offset_mapping"]
+            read = text[:spans[leading + keep - 1][1]]
+            # Hand the model a few tokens more than it reads: the last word it reads keeps its own
+            # tokens, so the vector equals the one of the whole query; 100k characters cost nothing.
+            text = text[:spans[min(len(ids) - 1 - trailing, leading + keep + 16)][1]]
+        else:
+            with self._counting_lock:
+                read = text = tokenizer.decode(ids[leading:leading + keep], skip_special_tokens=True)
+        return QueryText(clean_query_text(text), len(ids), limit, " ".join(read.split()))
 
 
 class _NamedLoader:

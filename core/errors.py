@@ -43,5 +43,13 @@ class UnknownFactory(ShoeSearchError):
     """A factory filter names a factory the index does not hold."""
 
 
+class DiskFull(ShoeSearchError):
+    """Less free space than MIN_FREE_DISK_MB where a write would go: stopped before writing."""
+
+
+class ReadOnlyData(ShoeSearchError):
+    """DATA_DIR (or the store in it) cannot be written: reads work, writes are refused."""
+
+
 class ImageUrlError(ShoeSearchError):
     """A photo given by URL cannot be fetched or used (refused address, limit, not an image)."""

@@ -41,13 +41,19 @@ class HeadIndex:
         self.store.upsert([StoredPoint(p.id, p.payload, v) for p, v in zip(points, projected)])
 
     def sync_from(self, source: Store, progress: Callable[[int], None] | None = None) -> int:
-        """Project every raw point into the head collection (no model needed); returns how many."""
+        """Project every raw point into the head collection (no model needed), then delete head
+        points whose raw point is gone (left by a killed run); returns how many were projected."""
         done = 0
+        ids: set[str] = set()
         for batch in iter_batches(source.scroll(with_vectors=True, batch_size=1024), 1024):
             self.upsert(batch)
+            ids.update(p.id for p in batch)
             done += len(batch)
             if progress:
                 progress(done)
+        orphans = [p.id for p in self.store.scroll(batch_size=1024) if p.id not in ids]
+        for batch in iter_batches(orphans, 1024):
+            self.store.delete(batch)
         return done
 
     def query(self, raw_vector, where: Where | None = None, limit: int = 10,

@@ -2,6 +2,12 @@
 
 The service takes its parts as arguments (store, embedder, detector), so tests can pass
 tiny real models or a fake detector, and the CLI and the UI share one code path.
+
+Each batch is written in an order where the last step commits it: thumbnails, then the head's
+points, then the points (a point present means its thumbnail and head point are there); a
+removal deletes head points, then points, then thumbnails. Both steps are recorded first in a
+journal (`core.journal`): the next `add` or `remove` replays what a killed run left, undoing an
+uncommitted batch (its thumbnails and head points) and finishing a removal.
 """
 
 from __future__ import annotations
@@ -15,18 +21,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.batches import iter_batches
 from core.catalogue import path_text
 from core.detector import Detector
 from core.embedder import Embedder, text_model_of
-from core.errors import BadImage, StoreUnavailable
+from core.diskspace import DEFAULT_MIN_FREE_MB, require_free_space, writing
+from core.errors import BadImage, DiskFull, ShoeSearchError, StoreUnavailable
 from core.ids import point_id
-from core.images import expand_box, file_sha256, load_photo_scaled, save_thumbnail
-from core.models import Detection, FailedPhoto, IngestReport, PhotoSource
+from core.images import PixelBudget, expand_box, file_sha256, read_photo, save_thumbnail
+from core.journal import Journal, crash_point
+from core.models import CropPayload, Detection, FailedPhoto, IngestReport, PhotoSource
 from core.store import Store, StoredPoint, check_model
 
 # Past this many points the embedded store builds its HNSW index after an ingest run.
 OPTIMIZE_MIN_POINTS = 20_000
+# Bytes a full-size decode may take per pixel, all told (see IngestService.memory_budget).
+DECODE_BYTES_PER_PIXEL = 8
 
 ProgressFn = Callable[[int, str], None]  # (photos done so far, current photo path)
 
@@ -42,7 +54,7 @@ class _Hashed:
 
     def catalogue_payload(self) -> dict[str, Any]:
         """The payload fields that come from where the file lies, not from its bytes."""
-        return {"photo_path": path_text(self.source.path), "product_id": self.source.product_id, **self.source.extras}
+        return {**self.source.extras, "photo_path": path_text(self.source.path), "product_id": self.source.product_id}
 
 
 class IngestService:
@@ -60,9 +72,12 @@ class IngestService:
         thumbnail_size: int = 256,
         max_image_pixels: int = 80_000_000,
         decode_max_side: int | None = 1600,
+        max_aspect_ratio: float | None = 20.0,
+        max_file_bytes: int | None = 128_000_000,
         workers: int = 2,
         head_index=None,
         background_remover=None,
+        min_free_mb: int = DEFAULT_MIN_FREE_MB,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -73,10 +88,33 @@ class IngestService:
         self.thumbnail_size = thumbnail_size
         self.max_image_pixels = max_image_pixels
         self.decode_max_side = decode_max_side
+        self.max_aspect_ratio = max_aspect_ratio
+        self.max_file_bytes = max_file_bytes
+        # Full-size decodes in flight (all workers) hold at most one MAX_IMAGE_PIXELS photo's pixels.
+        self.decode_budget = PixelBudget(max_image_pixels)
         self.workers = workers
         self.head_index = head_index  # core.head_index.HeadIndex: projected vectors kept in step
         self.background_remover = background_remover  # core.background: applied before embedding only
+        self.min_free_mb = min_free_mb
+        self.journal = Journal(self.data_dir / "journal" / store.collection)
         self._collection_ready = False
+
+    def memory_budget(self) -> int | None:
+        """The most bytes the photos of a run add to the process, above the models' own memory
+        (None: MAX_FILE_MB or DECODE_MAX_SIDE is off, so there is no bound):
+
+        - one full-size decode at a time (the pixel budget): MAX_IMAGE_PIXELS x 8 bytes (Pillow's
+          4 bytes a pixel, a mode conversion, the reduction's intermediate);
+        - the files being read, one per decode worker: workers x MAX_FILE_MB;
+        - two batches of reduced photos (one prepared while the other is processed), at most
+          DECODE_MAX_SIDE² x 4 bytes each; the batch being processed three times over (the photos,
+          their crops, the model's own preprocessing copy).
+        """
+        if self.max_file_bytes is None or not self.decode_max_side:
+            return None
+        photo = min(self.decode_max_side ** 2, self.max_image_pixels) * 4
+        return (self.max_image_pixels * DECODE_BYTES_PER_PIXEL + self.workers * self.max_file_bytes
+                + (1 + 3) * self.batch_size * photo)
 
     # ------------------------------------------------------------------ add
 
@@ -89,18 +127,23 @@ class IngestService:
             # Before any model loads: refuse to mix embedding spaces.
             check_model(info, self.store.collection, self.store.location, self.embedder.model_id, None,
                         text_model_of(self.embedder))
+        self.recover()
         seen_keys: set[tuple[str, str]] = set()
         done = 0
         # Two stages: while the models work on one batch, the next is hashed, looked up and decoded.
-        with ThreadPoolExecutor(max_workers=self.workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-            pending = None
-            for batch in iter_batches(sources, self.batch_size):
-                prepared = ahead.submit(self._prepare, batch, report, seen_keys, pool)
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+                pending = None
+                for batch in iter_batches(sources, self.batch_size):
+                    prepared = ahead.submit(self._prepare, batch, report, seen_keys, pool)
+                    if pending is not None:
+                        done += self._finish(pending, report, pool, progress, done)
+                    pending = (prepared, batch)
                 if pending is not None:
-                    done += self._finish(pending, report, pool, progress, done)
-                pending = (prepared, batch)
-            if pending is not None:
-                self._finish(pending, report, pool, progress, done)
+                    self._finish(pending, report, pool, progress, done)
+        except DiskFull as exc:  # everything counted as added is stored; the rest waits for a rerun
+            raise DiskFull(f"{exc} ({report.photos_added} photos were added before it stopped; the rerun "
+                           f"adds the rest.)") from None
         if report.crops_added and self.store.count() >= OPTIMIZE_MIN_POINTS:
             self.store.optimize()
         report.seconds = time.perf_counter() - started
@@ -118,7 +161,11 @@ class IngestService:
 
     def _prepare(self, batch: Sequence[PhotoSource], report: IngestReport,
                  seen_keys: set[tuple[str, str]], pool: ThreadPoolExecutor) -> list:
-        """Hash, skip known photos (updating moved ones), decode the new: [(item, image, original size)]."""
+        """Hash, skip known photos (updating moved ones), decode the new: [(item, image, original size)].
+
+        The decode reads each new file once more and hashes those very bytes: the stored hash is
+        always that of the stored pixels, even when the file was replaced after the first hash.
+        """
         report.photos_seen += len(batch)
         hashed: list[_Hashed] = []
         for source, result in zip(batch, pool.map(_hash_or_error, [s.path for s in batch])):
@@ -153,12 +200,72 @@ class IngestService:
         for item, result in zip(new, decoded):
             if isinstance(result, FailedPhoto):
                 report.photos_failed.append(result)
-            else:
-                photos.append((item, *result))
+                continue
+            if result.sha256 != item.sha256:
+                # Replaced between the two reads: these bytes are what gets stored, under their own
+                # hash (point ids follow the hash, so storing them twice would only overwrite).
+                item = _Hashed(item.source, result.sha256)
+            photos.append((item, result.image, result.original_size))
         return photos
 
     def _store_photos(self, photos: list, report: IngestReport, pool: ThreadPoolExecutor) -> None:
         """Detect, crop, embed, write thumbnails and upsert one prepared batch."""
+        parts = self._process_isolated(photos, report)
+        if not parts:
+            return
+        photos = [photo for part in parts for photo in part.photos]
+        crops = [crop for part in parts for crop in part.crops]
+        payloads = [payload for part in parts for payload in part.payloads]
+        vectors = np.vstack([part.vectors for part in parts])
+        if not self._collection_ready:
+            self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]), text_model_of(self.embedder))
+            self._collection_ready = True
+        self._check_space("writing this batch's thumbnails")
+        points = [StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)]
+        try:
+            # A photo edited in place (same path, new bytes): its old crops are stale.
+            self._drop_replaced([item for item, _, _ in photos])
+            with self._intent("add", points):
+                crash_point("add.journaled")
+                with writing(self.data_dir, "writing thumbnails"):
+                    list(pool.map(lambda pair: save_thumbnail(pair[0], self.data_dir / pair[1][1]["crop_path"],
+                                                              self.thumbnail_size), zip(crops, payloads)))
+                crash_point("add.after_thumbnails")
+                if self.head_index is not None:
+                    self.head_index.upsert(points)
+                crash_point("add.after_head")
+                self.store.upsert(points)  # the commit: a stored point has its thumbnail and head point
+                crash_point("add.after_main")
+        except StoreUnavailable as exc:  # after the store's own retries: report, never drop silently
+            report.photos_failed += [FailedPhoto(path_text(item.source.path), f"not stored: {exc}")
+                                     for item, _, _ in photos]
+            return
+        report.photos_added += len(photos)
+        report.crops_added += len(crops)
+
+    def _process_isolated(self, photos: list, report: IngestReport) -> list[_Processed]:
+        """`_process` the batch; if that fails, each photo alone, so one bad photo (a model error,
+        memory) is reported by itself and never sinks the good photos beside it."""
+        try:
+            return [self._process(photos)]
+        except Exception as exc:
+            if _fatal(exc):
+                raise
+            if len(photos) == 1:
+                report.photos_failed.append(FailedPhoto(path_text(photos[0][0].source.path), _reason(exc)))
+                return []
+        parts = []
+        for photo in photos:
+            try:
+                parts.append(self._process([photo]))
+            except Exception as exc:
+                if _fatal(exc):
+                    raise
+                report.photos_failed.append(FailedPhoto(path_text(photo[0].source.path), _reason(exc)))
+        return parts
+
+    def _process(self, photos: list) -> _Processed:
+        """Detect, crop and embed decoded photos [(item, image, original size)]."""
         detections = self.detector.detect([img for _, img, _ in photos])
         crops, payloads = [], []
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -169,45 +276,32 @@ class IngestService:
                 crops.append(crop)
                 original_box = [round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)] \
                     if box else None
-                payloads.append((pid, {
-                    "factory": item.source.factory,
-                    **item.catalogue_payload(),
-                    "photo_sha256": item.sha256,
-                    "crop_index": index,
-                    "box": original_box,
-                    "detector_class": detection.label if detection else None,
-                    "detector_confidence": round(detection.confidence, 4) if detection else None,
-                    "width": original_box[2] - original_box[0] if original_box else photo_width,
-                    "height": original_box[3] - original_box[1] if original_box else photo_height,
-                    "photo_width": photo_width,
-                    "photo_height": photo_height,
-                    "crop_path": self._thumbnail_relpath(pid),
-                    "model": self.embedder.model_id,
-                    "background": self.background_remover.name if self.background_remover else None,
-                    "ingested_at": now,
-                }))
+                computed = CropPayload(
+                    factory=item.source.factory,
+                    product_id=item.source.product_id,
+                    photo_path=path_text(item.source.path),
+                    photo_sha256=item.sha256,
+                    crop_index=index,
+                    box=original_box,
+                    detector_class=detection.label if detection else None,
+                    detector_confidence=round(detection.confidence, 4) if detection else None,
+                    width=original_box[2] - original_box[0] if original_box else photo_width,
+                    height=original_box[3] - original_box[1] if original_box else photo_height,
+                    photo_width=photo_width,
+                    photo_height=photo_height,
+                    crop_path=self._thumbnail_relpath(pid),
+                    model=self.embedder.model_id,
+                    background=self.background_remover.name if self.background_remover else None,
+                    ingested_at=now,
+                )
+                payloads.append((pid, computed.to_payload(item.source.extras)))
 
         # Thumbnails show the crop as photographed; the model sees it without background if asked.
         to_embed = self.background_remover.remove(crops) if self.background_remover else crops
         vectors = self.embedder.embed_images(to_embed)
-        if not self._collection_ready:
-            self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]), text_model_of(self.embedder))
-            self._collection_ready = True
-        list(pool.map(lambda pair: save_thumbnail(pair[0], self.data_dir / pair[1][1]["crop_path"],
-                                                  self.thumbnail_size), zip(crops, payloads)))
-        try:
-            # A photo edited in place (same path, new bytes): its old crops are stale.
-            self._drop_replaced([item for item, _, _ in photos])
-            points = [StoredPoint(pid, payload, vector) for (pid, payload), vector in zip(payloads, vectors)]
-            self.store.upsert(points)
-            if self.head_index is not None:
-                self.head_index.upsert(points)
-        except StoreUnavailable as exc:  # after the store's own retries: report, never drop silently
-            report.photos_failed += [FailedPhoto(path_text(item.source.path), f"not stored: {exc}")
-                                     for item, _, _ in photos]
-            return
-        report.photos_added += len(photos)
-        report.crops_added += len(crops)
+        if len(vectors) != len(crops):
+            raise RuntimeError(f"the embedder returned {len(vectors)} vectors for {len(crops)} crops")
+        return _Processed(photos, crops, payloads, vectors)
 
     def _crops(self, img, found: list[Detection]):
         """(crop image, detection or None, box or None) for each shoe; the whole photo if none."""
@@ -229,7 +323,8 @@ class IngestService:
 
     def _decode_or_error(self, path: Path):
         try:
-            return load_photo_scaled(path, self.max_image_pixels, self.decode_max_side)
+            return read_photo(path, self.max_image_pixels, self.decode_max_side, max_aspect_ratio=self.max_aspect_ratio,
+                              max_bytes=self.max_file_bytes, budget=self.decode_budget)
         except BadImage as exc:
             return FailedPhoto(path_text(path), str(exc))
 
@@ -283,18 +378,91 @@ class IngestService:
 
     def remove(self, points: Sequence[StoredPoint]) -> int:
         """Delete `points` (from `find`) and their thumbnails. Returns how many were deleted."""
+        self.recover()
         self._delete_points(points)
         return len(points)
 
     def _delete_points(self, points: Sequence[StoredPoint]) -> None:
         if not points:
             return
-        self.store.delete([p.id for p in points])
+        with self._intent("remove", points):
+            crash_point("remove.journaled")
+            self._delete_steps([p.id for p in points], [p.payload.get("crop_path") for p in points])
+
+    def _delete_steps(self, ids: list[str], thumbnails: list[str | None]) -> None:
+        """Head points, then points, then thumbnails: a photo search never finds a removed photo,
+        and a rerun of `remove` still finds what is left to remove."""
         if self.head_index is not None:
-            self.head_index.store.delete([p.id for p in points])
-        for point in points:
-            if point.payload.get("crop_path"):
-                (self.data_dir / point.payload["crop_path"]).unlink(missing_ok=True)
+            self.head_index.store.delete(ids)
+        crash_point("remove.after_head")
+        self.store.delete(ids)
+        crash_point("remove.after_main")
+        with writing(self.data_dir, "deleting thumbnails"):
+            for relpath in thumbnails:
+                if relpath:
+                    (self.data_dir / relpath).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ crash recovery
+
+    def _intent(self, op: str, points: Sequence[StoredPoint]):
+        """Record the ids and thumbnails of a multi-step write before it starts (see module doc)."""
+        return self.journal.intent(op, ids=[p.id for p in points],
+                                   thumbnails=[p.payload.get("crop_path") for p in points])
+
+    def _check_space(self, doing: str) -> None:
+        self.store.check_writable(doing)
+        if self.head_index is not None:
+            self.head_index.store.check_writable(doing)
+        require_free_space(self.data_dir, self.min_free_mb, doing)
+
+    def recover(self) -> int:
+        """Replay what killed runs left in the journal: a batch of `add` that was not committed
+        (its points are absent) loses its thumbnails and head points, a committed one gets any
+        missing head point; a `remove` is finished. Returns how many records were replayed."""
+        self._check_space("writing to the index")
+        replayed = 0
+        with writing(self.data_dir, "replaying the journal"):
+            for record in self.journal.pending():
+                ids, thumbnails = list(record.get("ids", [])), list(record.get("thumbnails", []))
+                if record.get("op") == "remove":
+                    self._delete_steps(ids, thumbnails)
+                elif record.get("op") == "add":
+                    stored = self.store.retrieve(ids, with_vectors=self.head_index is not None)
+                    present = {p.id for p in stored}
+                    absent = [pid for pid in ids if pid not in present]
+                    if self.head_index is not None:
+                        self.head_index.store.delete(absent)
+                        self.head_index.upsert(stored)
+                    with writing(self.data_dir, "deleting thumbnails"):
+                        for pid, relpath in zip(ids, thumbnails):
+                            if relpath and pid not in present:
+                                (self.data_dir / relpath).unlink(missing_ok=True)
+                replayed += 1
+        return replayed
+
+
+@dataclass
+class _Processed:
+    """Photos that went through detection and embedding, with their crops' payloads and vectors."""
+
+    photos: list
+    crops: list
+    payloads: list[tuple[str, dict[str, Any]]]
+    vectors: np.ndarray
+
+
+def _fatal(exc: BaseException) -> bool:
+    """Errors that stop the run rather than one photo: a model or the store is unusable, a
+    schema mismatch (each comes with its own one-line message)."""
+    return isinstance(exc, ShoeSearchError) and not isinstance(exc, BadImage)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the report: why this photo could not be processed."""
+    if isinstance(exc, MemoryError):
+        return "cannot process: not enough memory for this photo"
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"cannot process: {type(exc).__name__}" + (f": {text}" if text else "")
 
 
 def _hash_or_error(path: Path) -> str | FailedPhoto:

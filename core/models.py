@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,43 @@ class PhotoSource:
     factory: str
     product_id: str
     extras: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CropPayload:
+    """The payload ingest computes for one stored crop (`core.ingest_service` builds it from
+    this class). A manifest's extra columns go beside it and may not use these names."""
+
+    factory: str
+    product_id: str
+    photo_path: str
+    photo_sha256: str
+    crop_index: int
+    box: list[int] | None  # x1, y1, x2, y2 in the upright photo's original pixels; None = whole photo
+    detector_class: str | None
+    detector_confidence: float | None
+    width: int
+    height: int
+    photo_width: int
+    photo_height: int
+    crop_path: str
+    model: str
+    background: str | None
+    ingested_at: str
+
+    def to_payload(self, extras: dict[str, str]) -> dict[str, Any]:
+        """Extras first, computed fields last: a computed field always wins."""
+        return {**extras, **asdict(self)}
+
+
+COMPUTED_PAYLOAD_KEYS: tuple[str, ...] = tuple(f.name for f in fields(CropPayload))
+# `ingest cluster` writes group ids under keys starting with this (core.cluster_service).
+GROUP_KEY_PREFIX = "group_"
+
+
+def reserved_payload_key(name: str) -> bool:
+    """Is `name` a payload key computed by ingest or clustering (so no manifest column may use it)?"""
+    return name in COMPUTED_PAYLOAD_KEYS or name.startswith(GROUP_KEY_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ computation as its image embeddings), weights quantized to int8, cached as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -39,10 +40,18 @@ def load_int8_image_encoder(model, model_id: str, cache_dir: Path | None):
         raise Unavailable("a CLIP model with an image tower")
     image_processor = getattr(processor, "image_processor", processor)
     cache = Path(cache_dir or Path(tempfile.gettempdir()) / "shoe-search-models")
-    cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"{model_id}-{_fingerprint(clip)}-image-int8.onnx"
     if not target.exists():
-        _export(clip, image_processor, target, quantize_dynamic, QuantType)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            _export(clip, image_processor, target, quantize_dynamic, QuantType)
+        except OSError:  # DATA_DIR read-only or full: this is only a cache, keep it in the temp folder
+            with contextlib.suppress(OSError):
+                target.with_suffix(".partial").unlink(missing_ok=True)
+            target = Path(tempfile.gettempdir()) / "shoe-search-models" / target.name
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _export(clip, image_processor, target, quantize_dynamic, QuantType)
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -57,7 +66,8 @@ def cached_agreement(model, session, image_processor, target: Path) -> float:
         return float(json.loads(record.read_text())["min_cosine"])
     except (OSError, ValueError, KeyError):
         value = agreement(model, session, image_processor)
-        record.write_text(json.dumps({"min_cosine": value}))
+        with contextlib.suppress(OSError):  # a read-only or full cache only costs the measure next time
+            record.write_text(json.dumps({"min_cosine": value}))
         return value
 
 
@@ -80,14 +90,27 @@ def _export(clip, image_processor, target: Path, quantize_dynamic, quant_type) -
         height = getattr(size, "height", None) or size["height"]
         width = getattr(size, "width", None) or size["width"]
     tower = ImageTower(clip).float().eval()
-    with tempfile.TemporaryDirectory() as tmp:
+    import logging
+    import warnings
+
+    # A one-time export: the tracer's and the quantizer's advice is for model authors, not users.
+    def not_advice(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(not_advice)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         fp32 = Path(tmp) / "image.onnx"
         with torch.no_grad():
             torch.onnx.export(tower, (torch.zeros(2, 3, height, width),), str(fp32), input_names=["pixel_values"],
                               output_names=["image_embeds"], opset_version=17, dynamo=False,
                               dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}})
         partial = target.with_suffix(".partial")
-        quantize_dynamic(str(fp32), str(partial), weight_type=quant_type.QInt8)
+        try:
+            quantize_dynamic(str(fp32), str(partial), weight_type=quant_type.QInt8)
+        finally:
+            root.removeFilter(not_advice)
         partial.replace(target)  # a killed export never leaves a half-written model
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.detector import Detector, NoDetector
-from core.embedder import Embedder, text_model_of
+from core.embedder import Embedder, QueryText, text_model_of
 from core.errors import EmptyIndex, ShoeSearchError
 from core.images import expand_box
 from core.models import Detection, Hit
@@ -36,6 +36,24 @@ class QueryCrop:
         if self.detection is None:
             return "whole photo"
         return f"{self.detection.label} {self.detection.confidence:.2f}"
+
+
+class TextHits(list):
+    """The hits of a text query (a list of Hit), with the query as the model read it."""
+
+    def __init__(self, hits: Sequence[Hit], query: QueryText) -> None:
+        super().__init__(hits)
+        self.query = query
+
+    @property
+    def truncated(self) -> bool:
+        """Was the query longer than the text model reads (so only its start was searched)?"""
+        return self.query.truncated
+
+    @property
+    def notice(self) -> str:
+        """One line to show the user when the query was truncated, else empty."""
+        return self.query.notice
 
 
 def build_where(factories: Sequence[str] | None = None, product_ids: Sequence[str] | None = None) -> Where | None:
@@ -81,12 +99,15 @@ class SearchService:
         return self.store.query(vector, where=where, limit=top_k, score_threshold=min_score)
 
     def search_text(self, text: str, where: Where | None = None, top_k: int = 10,
-                    min_score: float | None = None) -> list[Hit]:
+                    min_score: float | None = None) -> TextHits:
+        """Hits for a description. A text over the model's token limit (CLIP: 77) is searched by
+        its start; the result says so (`truncated`, `notice`)."""
         if not text or not text.strip():
             raise ShoeSearchError("Type a description to search for, e.g. 'white leather high-top sneaker'.")
         self._check_ready()
-        vector = self.embedder.embed_texts([text])[0]
-        return self.store.query(vector, where=where, limit=top_k, score_threshold=min_score)
+        query = self.embedder.fit_text(text)
+        vector = self.embedder.embed_texts([query.text])[0]
+        return TextHits(self.store.query(vector, where=where, limit=top_k, score_threshold=min_score), query)
 
     def query_crops(self, image: Image.Image) -> list[QueryCrop]:
         """Shoes detected in a query photo (most confident first), then the whole photo."""

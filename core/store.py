@@ -3,7 +3,9 @@
 One contract (`Store`), two backends:
 - `EdgeStore`: Qdrant's own engine in process (qdrant-edge-py), the embedded default under
   DATA_DIR. Edge has no lock of its own and a second process opening a live shard breaks it,
-  so the store holds an exclusive file lock for as long as it is open.
+  so the store holds an exclusive file lock for as long as it is open. Edge maps its files into
+  memory: on a full disk a write dies by SIGBUS, so each write first checks MIN_FREE_DISK_MB;
+  Edge cannot open read-only files, so a read-only store is read from a private copy.
 - `QdrantClientStore`: qdrant-client against a Qdrant server (`QDRANT_URL`), or against
   qdrant-client's local mode (same API, used by the tests).
 
@@ -25,10 +27,13 @@ average strategy, so the same formula is computed here).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -40,7 +45,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.errors import SchemaMismatch, StoreLocked, StoreUnavailable
+from core.diskspace import DEFAULT_MIN_FREE_MB, free_mb, is_read_only_error, require_free_space
+from core.errors import DiskFull, ReadOnlyData, SchemaMismatch, StoreLocked, StoreUnavailable
 from core.models import Hit
 
 VECTOR_NAME = "clip"
@@ -113,6 +119,10 @@ class Store(Protocol):
     def count(self, where: Where | None = None) -> int: ...
     def facet(self, key: str, where: Where | None = None) -> dict[str, int]: ...
     def optimize(self) -> None: ...
+    def check_writable(self, doing: str = "writing to the index") -> None:
+        """Raise ReadOnlyData or DiskFull now if writes would be refused (fail before the work);
+        `doing` names the write in the message."""
+        ...
     def close(self) -> None: ...
 
 
@@ -190,24 +200,27 @@ class _ProcessLock:
     The kernel drops a flock when its process dies (even by kill -9), so a crash never
     leaves the store locked. With `wait` > 0 a busy lock is retried for that many seconds
     (`on_wait(holder, wait)` is called once, when waiting starts) before giving up.
+    `while_busy()` is called each time the lock is found busy; it may raise to stop trying
+    (core/store_host.py raises when the holder serves the store to other processes).
     """
 
     poll_seconds = 0.1
 
-    def __init__(self, path: Path, what: str, wait: float = 0.0, on_wait=None) -> None:
+    def __init__(self, path: Path, what: str, wait: float = 0.0, on_wait=None, while_busy=None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self._acquire(what, wait, on_wait)
+            self._acquire(what, wait, on_wait, while_busy)
         except BaseException:  # busy past the wait, or Ctrl-C while waiting
             os.close(self._fd)
             self._fd = -1
             raise
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()} ({' '.join(Path(a).name for a in sys.argv[:2])})".encode(), 0)
+        with contextlib.suppress(OSError):  # who holds it is a courtesy: a full disk must not stop reads
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()} ({' '.join(Path(a).name for a in sys.argv[:2])})".encode(), 0)
 
-    def _acquire(self, what: str, wait: float, on_wait) -> None:
+    def _acquire(self, what: str, wait: float, on_wait, while_busy=None) -> None:
         deadline = time.monotonic() + max(0.0, wait)
         told = False
         while True:
@@ -216,6 +229,8 @@ class _ProcessLock:
                 return
             except BlockingIOError:
                 pass
+            if while_busy is not None:
+                while_busy()
             if time.monotonic() >= deadline:
                 if wait > 0:
                     raise StoreLocked(
@@ -245,12 +260,75 @@ class _ProcessLock:
             self._fd = -1
 
 
-class EdgeStore:
-    """The embedded store: one Qdrant Edge shard per collection under `directory`."""
+class _ReadLock:
+    """A shared flock on an existing lock file, for reading a store we cannot write: it waits
+    for no one, but a writer (who wants it exclusive) cannot start while we read."""
 
-    def __init__(self, directory: Path, collection: str, lock_wait: float = 0.0, on_wait=None) -> None:
+    def __init__(self, path: Path, what: str) -> None:
+        self._fd = -1
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file in a folder nobody may write: nobody writes there
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(self._fd)
+            raise StoreLocked(f"The embedded store {what} is in use by process {holder}. Wait for it to "
+                              f"finish (or stop it).") from None
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _copy_sparse(source: Path, target: Path) -> None:
+    """Copy a folder tree keeping holes as holes (Edge's files are mostly unwritten space)."""
+    for root, _, files in os.walk(source):
+        folder = target / Path(root).relative_to(source)
+        folder.mkdir(parents=True, exist_ok=True)  # writable, whatever the source's mode
+        for name in files:
+            with open(Path(root) / name, "rb") as src, open(folder / name, "wb") as dst:
+                size = os.fstat(src.fileno()).st_size
+                offset = 0
+                while offset < size:
+                    try:
+                        start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+                    except OSError as exc:
+                        if exc.errno == errno.ENXIO:  # only a hole is left
+                            break
+                        raise
+                    end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+                    src.seek(start)
+                    dst.seek(start)
+                    while start < end:
+                        chunk = src.read(min(end - start, 1 << 20))
+                        if not chunk:
+                            break
+                        dst.write(chunk)
+                        start += len(chunk)
+                    offset = end
+                dst.truncate(size)
+
+
+class EdgeStore:
+    """The embedded store: one Qdrant Edge shard per collection under `directory`.
+
+    Writes stop with DiskFull while the disk has less than `min_free_mb` MB free. Edge writes
+    even to open a shard (it replays its log into mapped files), so two cases read a private copy
+    in the temporary folder (TMPDIR) and refuse writes: a folder this process cannot write
+    (`read_only`; writes raise ReadOnlyData) and a disk below the margin (writes raise DiskFull;
+    if the copy finds no room either, the shard is opened in place, which works unless a write
+    killed on that full disk left a log to replay).
+    """
+
+    def __init__(self, directory: Path, collection: str, min_free_mb: int = DEFAULT_MIN_FREE_MB,
+                 lock_wait: float = 0.0, on_wait=None, while_busy=None) -> None:
         """`lock_wait`: seconds to wait for another process's lock on this store (0: fail at once);
-        `on_wait(holder, seconds)` is told when that waiting starts (the CLI prints it)."""
+        `on_wait(holder, seconds)` is told when that waiting starts (the CLI prints it);
+        `while_busy()` is called whenever the lock is found busy and may raise to stop waiting."""
         import qdrant_edge  # noqa: F401  (fail here, clearly, if the package is missing)
 
         self.collection = collection
@@ -258,25 +336,63 @@ class EdgeStore:
         self.shard_dir = self.directory / collection
         self.meta_path = self.directory / f"{collection}.json"
         self.location = f"embedded store {self.shard_dir}"
+        self.min_free_mb = min_free_mb
+        self.read_only = False
+        self._copy: Path | None = None  # the private copy a read-only or full-disk store is read from
         self._lock = threading.RLock()
         self._info: CollectionInfo | None = None  # the record never changes once written
-        self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
-                                          wait=lock_wait, on_wait=on_wait)
+        try:
+            self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
+                                              wait=lock_wait, on_wait=on_wait, while_busy=while_busy)
+        except OSError as exc:
+            if not is_read_only_error(exc):
+                raise
+            self.read_only = True
+            self._process_lock = _ReadLock(self.directory / f"{collection}.lock", str(self.shard_dir))
         self._shard = None
         try:
             if self.meta_path.exists():
-                self._shard = self._load()
+                self._shard = self._load(copy=self.read_only or free_mb(self.directory) < min_free_mb)
         except BaseException:
+            self._discard_copy()
             self._process_lock.release()
             raise
 
-    def _load(self):
+    def _load(self, copy: bool):
         from qdrant_edge import EdgeShard
 
+        path = self.shard_dir
+        if copy:
+            try:
+                self._copy = Path(tempfile.mkdtemp(prefix=f"shoe-search-readonly-{self.collection}-"))
+                _copy_sparse(self.shard_dir, self._copy / self.collection)
+                path = self._copy / self.collection
+            except OSError as exc:
+                self._discard_copy()
+                if self.read_only:
+                    raise StoreUnavailable(
+                        f"The {self.location} is read-only, and copying it to the temporary folder to read it "
+                        f"failed ({exc.strerror or exc}): make it writable, or set TMPDIR to a folder with room "
+                        f"for it.") from exc
         try:
-            return EdgeShard.load(str(self.shard_dir))
+            return EdgeShard.load(str(path))
         except Exception as exc:
             raise StoreUnavailable(f"Cannot open the embedded store {self.shard_dir}: {exc}") from exc
+
+    def _discard_copy(self) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
+
+    def check_writable(self, doing: str = "writing to the index", extra_mb: float = 0) -> None:
+        if self.read_only:
+            raise ReadOnlyData(f"The {self.location} is read-only for this user: searches and stats work, "
+                               f"{doing} does not. Make DATA_DIR writable to change the index.")
+        require_free_space(self.directory, self.min_free_mb, doing, extra_mb)
+        if self._copy is not None:  # opened on a full disk, and space was freed since: writes need a reopen
+            raise DiskFull(f"The disk of {self.directory} was below MIN_FREE_DISK_MB ({self.min_free_mb} MB) "
+                           f"when the index was opened, so it was opened for reading only: stopped before "
+                           f"{doing}. Rerun the command.")
 
     def info(self) -> CollectionInfo | None:
         if self._info is None and self.meta_path.exists():  # read once, not on every query
@@ -293,6 +409,7 @@ class EdgeStore:
             if info is not None:
                 check_model(info, self.collection, self.location, model, dimension, text_model)
                 return info
+            self.check_writable("creating the collection")
             config = EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=dimension, distance=Distance.Cosine)})
             if self.shard_dir.exists() and any(self.shard_dir.iterdir()):
                 # A shard without its record: left by a run killed between the two writes.
@@ -333,6 +450,7 @@ class EdgeStore:
         if not points:
             return
         with self._lock:
+            self.check_writable(f"storing {len(points)} points")
             self._require().update(UpdateOperation.upsert_points(
                 [Point(p.id, {VECTOR_NAME: _vector_list(p.vector)}, p.payload) for p in points]
             ))
@@ -349,6 +467,7 @@ class EdgeStore:
 
         if ids:
             with self._lock:
+                self.check_writable(f"updating {len(ids)} payloads")
                 self._require().update(UpdateOperation.set_payload(list(ids), payload))
 
     def delete(self, ids: Sequence[str]) -> None:
@@ -356,6 +475,7 @@ class EdgeStore:
 
         if ids and self._shard is not None:
             with self._lock:
+                self.check_writable(f"deleting {len(ids)} points")
                 self._shard.update(UpdateOperation.delete_points(list(ids)))
 
     def query(self, vector, where=None, limit=10, score_threshold=None, exact=None) -> list[Hit]:
@@ -435,6 +555,9 @@ class EdgeStore:
         """Build the HNSW index (unfiltered queries); blocking."""
         if self._shard is not None:
             with self._lock:
+                # Optimizing writes a new copy of the segment before it drops the old one.
+                size_mb = sum(f.stat().st_blocks * 512 for f in self.shard_dir.rglob("*") if f.is_file()) / 2**20
+                self.check_writable("building the search index", extra_mb=size_mb)
                 self._shard.optimize()
                 self._shard.flush()
 
@@ -444,6 +567,7 @@ class EdgeStore:
                 self._shard.flush()
                 self._shard.close()
                 self._shard = None
+            self._discard_copy()
             self._process_lock.release()
 
 
@@ -461,19 +585,92 @@ def _is_transient(exc: Exception) -> bool:
         or isinstance(exc, (ConnectionError, TimeoutError))
 
 
+@dataclass(frozen=True)
+class ServerCollectionConfig:
+    """How a collection is laid out on a Qdrant server or cluster, and how it is searched.
+
+    The defaults send nothing: Qdrant's own defaults, exactly the requests of one server before
+    these settings existed. Layout (shards, replicas, write consistency, tenant index,
+    quantization, on-disk vectors) applies when the collection is created; the search part
+    (read consistency, HNSW ef, rescoring with oversampling) applies to every query and scroll.
+    """
+
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+    read_consistency: str = ""  # "", "all", "majority", "quorum" or a number of replicas
+    tenant_index: bool = False  # `factory` as a keyword index with is_tenant=true
+    quantization: str = "none"  # "none" | "int8" (scalar, kept in RAM)
+    vectors_on_disk: bool = False
+    rescore: bool = True
+    oversampling: float = 2.0
+    hnsw_ef: int | None = None
+
+    def create_arguments(self) -> dict[str, Any]:
+        """create_collection's keyword arguments beyond the vectors (only those set)."""
+        from qdrant_client import models
+
+        arguments: dict[str, Any] = {key: value for key, value in (
+            ("shard_number", self.shard_number), ("replication_factor", self.replication_factor),
+            ("write_consistency_factor", self.write_consistency_factor)) if value is not None}
+        if self.quantization == "int8":
+            arguments["quantization_config"] = models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True))
+        return arguments
+
+    def vector_params(self, dimension: int):
+        from qdrant_client import models
+
+        extra = {"on_disk": True} if self.vectors_on_disk else {}
+        return models.VectorParams(size=dimension, distance=models.Distance.COSINE, **extra)
+
+    def index_schema(self, key: str):
+        """The payload index of `key`: keyword; `factory` as the tenant key when asked."""
+        from qdrant_client import models
+
+        if key == "factory" and self.tenant_index:
+            return models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
+        return models.PayloadSchemaType.KEYWORD
+
+    def search_params(self, exact: bool | None):
+        """SearchParams for a query (None when nothing is to be said, as before)."""
+        from qdrant_client import models
+
+        quantization = None
+        if self.quantization == "int8":
+            # exact means exact: the original vectors, not their int8 copy.
+            quantization = (models.QuantizationSearchParams(ignore=True) if exact else
+                            models.QuantizationSearchParams(rescore=self.rescore, oversampling=self.oversampling))
+        given = {"exact": exact, "hnsw_ef": None if exact else self.hnsw_ef, "quantization": quantization}
+        given = {key: value for key, value in given.items() if value is not None}
+        return models.SearchParams(**given) if given else None
+
+    def read_arguments(self) -> dict[str, Any]:
+        """`consistency=` for reads (searches, scrolls of clustering/eval/export), only when set."""
+        from qdrant_client import models
+
+        if not self.read_consistency:
+            return {}
+        if self.read_consistency.isdigit():
+            return {"consistency": int(self.read_consistency)}
+        return {"consistency": models.ReadConsistencyType(self.read_consistency)}
+
+
 class QdrantClientStore:
     """A collection through qdrant-client: a Qdrant server, or qdrant-client's local mode.
 
     Writes are retried with exponential backoff on transient errors; a write that still fails
     raises StoreUnavailable (the ingest reports the photos of that batch as failed).
+    `config` lays out a new collection and tunes queries on a server or cluster.
     """
 
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
-    def __init__(self, client, collection: str, location: str) -> None:
+    def __init__(self, client, collection: str, location: str, config: ServerCollectionConfig | None = None) -> None:
         self.client = client
         self.collection = collection
         self.location = location
+        self.config = config or ServerCollectionConfig()
         # Known once the collection exists (its model and size never change): a search then costs
         # one request, not three. Forgotten if the collection vanishes (see `_read`).
         self._info: CollectionInfo | None = None
@@ -481,7 +678,8 @@ class QdrantClientStore:
         self._lock = threading.RLock() if client._client.__class__.__name__ == "QdrantLocal" else contextlib.nullcontext()
 
     @classmethod
-    def connect(cls, url: str, api_key: str, collection: str) -> QdrantClientStore:
+    def connect(cls, url: str, api_key: str, collection: str,
+                config: ServerCollectionConfig | None = None) -> QdrantClientStore:
         """Connect to a Qdrant server and check that it answers (and accepts the key)."""
         from qdrant_client import QdrantClient
 
@@ -498,7 +696,7 @@ class QdrantClientStore:
                 f"Cannot reach Qdrant at {url} ({type(exc).__name__}). Start it (docker compose up -d qdrant), "
                 f"fix QDRANT_URL, or leave QDRANT_URL empty to use the embedded store."
             ) from exc
-        return cls(client, collection, f"Qdrant server {url}")
+        return cls(client, collection, f"Qdrant server {url}", config)
 
     def info(self) -> CollectionInfo | None:
         if self._info is not None:
@@ -524,14 +722,15 @@ class QdrantClientStore:
         with self._lock:
             self.client.create_collection(
                 self.collection,
-                vectors_config={VECTOR_NAME: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+                vectors_config={VECTOR_NAME: self.config.vector_params(dimension)},
                 metadata={"model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION,
                           "text_model": text_model or ""},
+                **self.config.create_arguments(),
             )
             with warnings.catch_warnings():  # local mode says payload indexes do nothing there
                 warnings.simplefilter("ignore", UserWarning)
                 for key in INDEXED_KEYWORDS:
-                    self.client.create_payload_index(self.collection, key, models.PayloadSchemaType.KEYWORD)
+                    self.client.create_payload_index(self.collection, key, self.config.index_schema(key))
         self._info = CollectionInfo(model, dimension, text_model=text_model or "")
         return self._info
 
@@ -610,13 +809,11 @@ class QdrantClientStore:
                         f"delete of {len(ids)} points")
 
     def query(self, vector, where=None, limit=10, score_threshold=None, exact=None) -> list[Hit]:
-        from qdrant_client import models
-
         points = self._read(lambda: self.client.query_points(
             self.collection, query=_vector_list(vector), using=VECTOR_NAME,
             query_filter=self._filter(where), limit=limit, with_payload=True,
             score_threshold=score_threshold,
-            search_params=models.SearchParams(exact=exact) if exact is not None else None,
+            search_params=self.config.search_params(exact), **self.config.read_arguments(),
         ).points, [])
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
@@ -630,7 +827,8 @@ class QdrantClientStore:
             strategy=models.RecommendStrategy(strategy)))
         points = self._read(lambda: self.client.query_points(
             self.collection, query=query, using=VECTOR_NAME, query_filter=self._filter(where), limit=limit,
-            with_payload=True, score_threshold=score_threshold, search_params=models.SearchParams(exact=True),
+            with_payload=True, score_threshold=score_threshold, search_params=self.config.search_params(True),
+            **self.config.read_arguments(),
         ).points, [])
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
@@ -639,7 +837,7 @@ class QdrantClientStore:
         while True:
             records, offset = self._read(lambda: self.client.scroll(
                 self.collection, scroll_filter=self._filter(where), limit=batch_size,
-                offset=offset, with_payload=True, with_vectors=with_vectors,
+                offset=offset, with_payload=True, with_vectors=with_vectors, **self.config.read_arguments(),
             ), ([], None))
             for record in records:
                 yield _stored_point(record, with_vectors)
@@ -657,6 +855,9 @@ class QdrantClientStore:
 
     def optimize(self) -> None:
         """A server builds its indexes by itself."""
+
+    def check_writable(self, doing: str = "writing to the index", extra_mb: float = 0) -> None:
+        """A server manages its own disk and answers a refused write with an error."""
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -8,18 +8,39 @@ from core.embedder import ClipEmbedder
 from core.ingest_service import IngestService
 from core.search_service import SearchService
 from core.settings import Settings
-from core.store import EdgeStore, QdrantClientStore, Store
+from core.store import QdrantClientStore, ServerCollectionConfig, Store
+from core.store_host import open_embedded
 
 
-def open_store(settings: Settings, on_wait=None) -> Store:
+def server_collection_config(settings: Settings) -> ServerCollectionConfig:
+    """The QDRANT_* layout and search settings of a server collection."""
+    return ServerCollectionConfig(
+        shard_number=settings.qdrant_shard_number, replication_factor=settings.qdrant_replication_factor,
+        write_consistency_factor=settings.qdrant_write_consistency_factor,
+        read_consistency=settings.qdrant_read_consistency, tenant_index=settings.qdrant_tenant_index,
+        quantization=settings.qdrant_quantization, vectors_on_disk=settings.qdrant_vectors_on_disk,
+        rescore=settings.qdrant_rescore, oversampling=settings.qdrant_oversampling, hnsw_ef=settings.qdrant_hnsw_ef)
+
+
+def open_store(settings: Settings, on_wait=None, write: bool = False) -> Store:
     """The server store when QDRANT_URL is set, else the embedded store (locked) under DATA_DIR.
 
-    A busy embedded store is waited for up to STORE_LOCK_WAIT seconds; `on_wait(holder, seconds)`
-    hears when that starts."""
+    An embedded store held by a running search UI is reached through it (core/store_host.py);
+    `write`: the caller will write, so it takes the UI's write lease. A store busy otherwise is
+    waited for up to STORE_LOCK_WAIT seconds; `on_wait(holder, seconds)` hears when that starts."""
     if settings.qdrant_url:
-        return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
-    return EdgeStore(settings.embedded_store_dir, settings.qdrant_collection,
-                     lock_wait=settings.store_lock_wait, on_wait=on_wait)
+        return QdrantClientStore.connect(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection,
+                                         server_collection_config(settings))
+    return open_embedded(settings.embedded_store_dir, settings.qdrant_collection, wait=settings.store_lock_wait,
+                         min_free_mb=settings.min_free_disk_mb,
+                         on_wait=on_wait, write=write)
+
+
+def open_target_store(settings: Settings, url: str, api_key: str | None = None,
+                      collection: str | None = None) -> QdrantClientStore:
+    """The server or cluster collection `ingest migrate` copies into (QDRANT_* layout settings apply)."""
+    return QdrantClientStore.connect(url, settings.qdrant_api_key if api_key is None else api_key,
+                                     collection or settings.qdrant_collection, server_collection_config(settings))
 
 
 def build_embedder(settings: Settings) -> ClipEmbedder:
@@ -38,10 +59,13 @@ def build_detector(settings: Settings) -> Detector:
         image_size=settings.detect_image_size,
         device=settings.device,
         batch_size=settings.batch_size,
+        runtime=settings.detect_runtime,
+        precision=settings.detect_precision,
+        cache_dir=settings.models_cache_dir,
     )
 
 
-def open_head_index(settings: Settings, store: Store):
+def open_head_index(settings: Settings, store: Store, write: bool = False):
     """The HeadIndex for PROJECTION_HEAD (None when unset); its collection sits beside `store`'s."""
     if not settings.projection_head:
         return None
@@ -58,9 +82,11 @@ def open_head_index(settings: Settings, store: Store):
     head = ProjectionHead.load(path)
     name = head_collection(settings.qdrant_collection, head)
     if isinstance(store, QdrantClientStore):
-        head_store = QdrantClientStore(store.client, name, store.location)
+        head_store = QdrantClientStore(store.client, name, store.location, store.config)
     else:
-        head_store = EdgeStore(settings.embedded_store_dir, name, lock_wait=settings.store_lock_wait)
+        head_store = open_embedded(settings.embedded_store_dir, name, wait=settings.store_lock_wait,
+                                   min_free_mb=settings.min_free_disk_mb,
+                                   write=write, beside=store)
     index = HeadIndex(head, head_store)
     info = store.info()
     if info is not None:
@@ -79,8 +105,11 @@ def ingest_service(settings: Settings, store: Store, head_index=None) -> IngestS
         thumbnail_size=settings.thumbnail_size,
         max_image_pixels=settings.max_image_pixels,
         decode_max_side=settings.decode_max_side or None,
+        max_aspect_ratio=settings.max_aspect_ratio,
+        max_file_bytes=int(settings.max_file_mb * 1e6),
         head_index=head_index,
         background_remover=build_remover(settings.background_removal, settings.background_model),
+        min_free_mb=settings.min_free_disk_mb,
     )
 
 

@@ -65,15 +65,24 @@ def _user_errors(as_json: bool = False):
         yield
     except ShoeSearchError as exc:
         raise _fail(str(exc), as_json=as_json) from None
+    except OSError as exc:  # a full disk or an unwritable output path: one line too
+        from core.diskspace import write_error
+
+        error = write_error(exc)
+        if error is None:
+            raise
+        raise _fail(str(error), as_json=as_json) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; rerun the same command to continue where it stopped", 130, as_json) from None
 
 
 @contextlib.contextmanager
-def _open_store(settings: Settings):
+def _open_store(settings: Settings, write: bool = False):
+    """The store, closed after. `write`: the command writes (with a running search UI holding the
+    embedded store, the command then holds the UI's write lease; reads need none)."""
     from core.wiring import open_store
 
-    store = open_store(settings, on_wait=_say_waiting)
+    store = open_store(settings, on_wait=_say_waiting, write=write)
     try:
         yield store
     finally:
@@ -81,12 +90,12 @@ def _open_store(settings: Settings):
 
 
 @contextlib.contextmanager
-def _open_stores(settings: Settings):
+def _open_stores(settings: Settings, write: bool = False):
     """The store and, with PROJECTION_HEAD set, the head's index beside it (both closed after)."""
     from core.wiring import open_head_index
 
-    with _open_store(settings) as store:
-        head = open_head_index(settings, store)
+    with _open_store(settings, write) as store:
+        head = open_head_index(settings, store, write)
         try:
             yield store, head
         finally:
@@ -123,6 +132,9 @@ def add(
         "--dry-run", help="With --prune: only count what would be pruned; nothing is added or removed.")] = False,
     one_factory: Annotated[bool, typer.Option(
         "--one-factory", help="Index the folder as one factory even if its subfolders look like factories.")] = False,
+    part: Annotated[Optional[str], typer.Option(
+        "--part", metavar="I/N", help="Only part I of N of the photos (a stable split by each photo's path in its "
+        "folder): N workers, on one or several machines, share the folders into one Qdrant server.")] = None,
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -132,6 +144,17 @@ def add(
                                  param_hint="--factory" if factory else "--manifest")
     if dry_run and not prune:
         raise typer.BadParameter("--dry-run only applies to --prune", param_hint="--dry-run")
+    part_of_n = None
+    if part is not None:
+        from core.parts import parse_part
+
+        if prune:
+            raise typer.BadParameter("--prune needs the whole folder: run it without --part after the parts",
+                                     param_hint="--prune")
+        try:
+            part_of_n = parse_part(part)
+        except ShoeSearchError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--part") from None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -155,7 +178,7 @@ def add(
             sources = list(discover(given, factory=factory, manifest=manifest))
             check_has_photos(given, sources)
             plans.append((given, factory or factory_name(given), sources))
-        with _open_stores(settings) as (store, head):
+        with _open_stores(settings, write=True) as (store, head):
             if not (manifest or one_factory):
                 known = set(store.facet("factory"))
                 for given, label, sources in plans:
@@ -173,6 +196,10 @@ def add(
                           TimeRemainingColumn(), console=console, transient=as_json,
                           disable=not console.is_terminal) as bar:
                 for given, label, sources in plans:
+                    if part_of_n is not None:  # this worker's share; the folder checks above saw all of it
+                        from core.parts import part_of
+
+                        sources = [s for s in sources if part_of(s.path, given, part_of_n[1]) == part_of_n[0]]
                     task = bar.add_task(f"ingest {label}", total=len(sources))
                     if dry_run:
                         report = IngestReport(factory=label, photos_seen=len(sources))
@@ -185,6 +212,8 @@ def add(
                         report.seconds += time.perf_counter() - started
                     reports.append((given, report))
     summary = _add_summary(reports, prune, dry_run)
+    if part is not None:
+        summary["part"] = f"{part_of_n[0]}/{part_of_n[1]}"
     if as_json:
         _print_json(summary)
     else:
@@ -327,7 +356,10 @@ def _run_search(settings, service, text, avoid, weight, image, image_url, crop_i
         return hits, {"like": like, "dislike": dislike, "strategy": used}
     if image is None and image_url is None and crop_id is None:  # words only
         if len(text) == 1 and not avoid:
-            return service.search_text(text[0], where=where, top_k=top_k, min_score=min_score), {"text": text[0]}
+            hits = service.search_text(text[0], where=where, top_k=top_k, min_score=min_score)
+            if hits.truncated:
+                typer.echo(f"note: {hits.notice}", err=True)
+            return hits, {"text": text[0], "truncated": hits.truncated}
         words = [Term(text[0], 1.0), *terms(text[1:], avoid, weight)]
         hits = service.search_words(words, where=where, top_k=top_k, min_score=min_score)
         return hits, {"text": text[0], "words": _words_json(words[1:])}
@@ -369,7 +401,7 @@ def remove(
     from core.wiring import ingest_service
 
     settings = _settings(wait)
-    with _user_errors(as_json), _open_stores(settings) as (store, head):
+    with _user_errors(as_json), _open_stores(settings, write=True) as (store, head):
         _check_factories(store, factory)
         service = ingest_service(settings, store, head)
         points = service.find(factory=factory, path=path)
@@ -503,7 +535,7 @@ def tune_command(
 def reproject_command(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
     """Fill PROJECTION_HEAD's collection from the indexed vectors (no model needed)."""
     settings = _settings(wait)
-    with _user_errors(as_json), _open_stores(settings) as (store, head):
+    with _user_errors(as_json), _open_stores(settings, write=True) as (store, head):
         if head is None:
             raise ShoeSearchError("Set PROJECTION_HEAD to a head file from `ingest tune` first.")
         count = head.sync_from(store)
@@ -545,7 +577,7 @@ def import_command(
     from core.transfer import import_points
 
     settings = _settings(wait)
-    with _user_errors(as_json), _open_store(settings) as store:
+    with _user_errors(as_json), _open_store(settings, write=True) as store:
         count = import_points(store, path)
         total = store.count()
     if as_json:
@@ -591,7 +623,7 @@ def cluster_command(
 
     settings = _settings(wait)
     with _user_errors(as_json):
-        store = open_store(settings, on_wait=_say_waiting)
+        store = open_store(settings, on_wait=_say_waiting, write=True)
         try:
             _check_factories(store, factory)
             if representative.startswith("factory:"):
@@ -662,6 +694,48 @@ def _report_calibration(result: dict[str, Any], output: Path, as_json: bool) -> 
     typer.echo(f"threshold for precision >= {result['target_precision']}: "
                + (f"{chosen:.2f}" if chosen is not None else "none reaches it"))
     typer.echo(f"-> {output}/calibration.json, {output}/pr_curve.png")
+
+
+@app.command(name="migrate")
+def migrate_command(
+    to: Annotated[str, typer.Option("--to", metavar="URL", help="The Qdrant server or cluster node to copy into, "
+                                    "e.g. http://localhost:6333.")],
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", help="The target's API key (default: QDRANT_API_KEY).")] = None,
+    collection: Annotated[Optional[str], typer.Option(
+        "--collection",
+        help="Target collection (default: QDRANT_COLLECTION); QDRANT_SHARD_NUMBER etc. lay it out.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=10_000, help="Points per upsert.")] = 256,
+    sample: Annotated[int, typer.Option(
+        min=0, max=100_000, help="Points read back to compare vectors and payloads.")] = 64,
+    wait: WaitOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Copy the index to a Qdrant server or cluster without re-embedding: vectors, payloads, the
+    model record and group ids; verified by counts and a sample. Rerun to resume."""
+    from core.migrate import migrate
+    from core.wiring import open_target_store
+
+    settings = _settings(wait)
+    with _user_errors(as_json), _open_store(settings) as source:
+        target = open_target_store(settings, to, api_key, collection)
+        try:
+            with _progress_bar(as_json) as (bar, task):
+                bar.update(task, description="migrating")
+                report = migrate(source, target, settings.data_dir, to, batch_size=batch_size, sample=sample,
+                                 progress=lambda done, total: bar.update(task, completed=100 * done / max(total, 1)))
+        finally:
+            target.close()
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    typer.echo(f"migrated {report.source_points} points from {report.source} to {report.target} "
+               f"(collection {report.collection}): {report.copied} copied, {report.already_there} already there"
+               + (" (resumed)" if report.resumed else "") + f" in {report.seconds:.1f}s")
+    typer.echo(f"verified: {report.target_points} points in the target = {report.source_points} in the source; "
+               f"{report.sample} sampled vectors, min cosine {report.min_sample_cosine or 0:.6f}, same payloads; "
+               f"model {report.model}")
+    typer.echo(f"group ids: {report.group_ids}")
 
 
 def main() -> None:  # pragma: no cover - console entry convenience

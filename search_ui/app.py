@@ -471,11 +471,17 @@ def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
     starting and failing every search.
     """
     from core.search_service import SearchService
+    from core.errors import StoreLocked
     from core.store import check_model
+    from core.store_host import is_remote
     from core.wiring import ingest_service, open_head_index, open_store
     from search_ui.handlers import Handlers
 
     store = open_store(settings)
+    if is_remote(store):  # another search-ui holds and serves this store
+        store.close()
+        raise StoreLocked(f"The {store.location} is already served by {store.link.what}: use that one, "
+                          f"or stop it first.")
     try:
         head = open_head_index(settings, store)
         ingest = ingest_service(settings, store, head)
@@ -544,6 +550,21 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def serve_store(settings: "Settings", handlers: "Handlers", demo: "gr.Blocks"):
+    """Serve the embedded store this UI holds to `ingest` commands run meanwhile (core/store_host.py):
+    loopback only, with a token readable by this user only. None with a Qdrant server (nothing to share)."""
+    from core.store import EdgeStore
+    from core.store_host import StoreHost
+
+    stores = [handlers.store] + ([handlers.search.head_index.store] if handlers.search.head_index else [])
+    if not all(isinstance(store, EdgeStore) for store in stores):
+        return None
+    # The UI's own write lock: uploads, duplicate searches and CLI writes take turns; searches go on.
+    host = StoreHost(stores, handlers._ingest_lock, settings.ui_host)
+    handlers.writer_elsewhere = host.remote_writer  # the page says so rather than wait for a long CLI run
+    return host.mount(demo.app, demo.server_port)
+
+
 def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
     """Serve the app on UI_HOST:UI_PORT with the configured login and upload limit."""
     demo = build_app(handlers)
@@ -564,12 +585,16 @@ def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
         footer_links=["api"],
         css=CSS,
     )
+    demo.store_host = serve_store(settings, handlers, demo)
     if block:
         print(f"search-ui: serving on http://{settings.ui_host}:{settings.ui_port} (Ctrl+C to stop)", flush=True)
         try:
             demo.block_thread()
         except KeyboardInterrupt:
             pass
+        finally:
+            if demo.store_host is not None:  # before the store closes: CLI commands then open it themselves
+                demo.store_host.close()
     return demo
 
 

@@ -131,6 +131,8 @@ class Handlers:
         self.clusters = ClusterService(store, settings.data_dir)
         self.data_dir = Path(settings.data_dir).resolve()
         self._ingest_lock = threading.Lock()  # one upload ingest at a time; searches go on
+        # The `ingest` command writing through this UI right now (core/store_host.py), in words, or None.
+        self.writer_elsewhere: Callable[[], str | None] = lambda: None
 
     # ------------------------------------------------------------------ filters and catalogue
 
@@ -178,18 +180,20 @@ class Handlers:
         top_k = max(1, min(int(top_k), 200))
         more: dict[tuple[str, str], int] = {}
         try:
-            if one_per_product:
-                hits = best_per_product(run(min(1000, top_k * OVERFETCH)), top_k)
-                more = self._other_crops(hits, where)
-            else:
-                hits = run(top_k)
+            found = run(min(1000, top_k * OVERFETCH) if one_per_product else top_k)
+            hits = best_per_product(found, top_k) if one_per_product else found
+            more = self._other_crops(hits, where) if one_per_product else {}
         except ShoeSearchError as exc:
             return Results([], [], f"⚠️ {exc}")
         gallery = [(self._thumbnail(h), self._caption(h, more.get((h.factory, h.product_id), 0))) for h in hits]
-        if not hits:
-            return Results([], [], f"No results for {what}: loosen the filters or the minimum similarity.")
-        status = f"{len(hits)} results for {what}" + (" (one per product)" if one_per_product else "")
-        return Results(gallery, [_record(h) for h in hits], status + "  \n" + _factory_line(hits))
+        if hits:
+            status = (f"{len(hits)} results for {what}" + (" (one per product)" if one_per_product else "")
+                      + "  \n" + _factory_line(hits))
+        else:
+            status = f"No results for {what}: loosen the filters or the minimum similarity."
+        if getattr(found, "notice", ""):  # a text query longer than the model reads
+            status += f"\n\n⚠️ {_md_escape(found.notice)}"
+        return Results(gallery, [_record(h) for h in hits], status)
 
     def _other_crops(self, hits: Sequence[Hit], where) -> dict[tuple[str, str], int]:
         """(factory, product) -> how many more crops of that product lie within `where` (one facet
@@ -412,6 +416,8 @@ class Handlers:
                 or linkage not in ("single", "complete"):
             return Duplicates(f"⚠️ Unknown option: scope {scope!r}, level {level!r}, linkage {linkage!r}.")
         options = ClusterSettings(float(duplicate_threshold), float(similar_threshold), scope, level, linkage)
+        if busy := self._busy():
+            return Duplicates(busy)
         try:
             with self._ingest_lock:  # payload writes: one clustering or upload at a time
                 result = self.clusters.run(options, factories=list(factories or []), progress=progress)
@@ -448,6 +454,11 @@ class Handlers:
 
     # ------------------------------------------------------------------ adding photos
 
+    def _busy(self) -> str | None:
+        """A message when an `ingest` command writes to the index through this UI (it may run for long)."""
+        writer = self.writer_elsewhere()
+        return f"⚠️ The index is busy: {writer} is writing to it. Try again when it has finished." if writer else None
+
     def add_photos(self, files: Sequence[str] | None, factory: str,
                    progress: Callable[[int, int], None] | None = None) -> str:
         """Stage uploaded photos (or zips of photos) under DATA_DIR/uploads/FACTORY and ingest them
@@ -460,6 +471,8 @@ class Handlers:
             return f"⚠️ {exc}"
         if not files:
             return "⚠️ Choose photos (or a .zip of photos) to upload."
+        if busy := self._busy():
+            return busy
         try:
             result = add_upload([Path(f) for f in files], factory, self.settings.uploads_dir, self.ingest,
                                 limits=UploadLimits.for_upload_mb(self.settings.ui_max_upload_mb),

@@ -127,6 +127,9 @@ class CountingEmbedder:
     def embed_texts(self, texts):
         return self.inner.embed_texts(texts)
 
+    def fit_text(self, text):
+        return self.inner.fit_text(text)
+
 
 @pytest.fixture
 def blob_detector() -> BlobDetector:

@@ -181,3 +181,119 @@ def test_large_jpeg_decodes_at_reduced_scale_with_boxes_in_original_pixels(tmp_p
     assert (point.payload["width"], point.payload["height"]) == (x2 - x1, y2 - y1)
     thumb = Image.open(tmp_path / "data" / point.payload["crop_path"])
     assert max(thumb.size) == 256
+
+
+def test_a_file_replaced_after_its_hash_is_stored_with_the_hash_of_its_pixels(tmp_path, store, tiny_embedder,
+                                                                             monkeypatch):
+    """The file is swapped for another photo right after its first read (the hash): what is
+    stored must pair the hash and the pixels of one and the same file."""
+    import os
+
+    import core.ingest_service as ingest_module
+
+    root = tmp_path / "factory_s"
+    root.mkdir()
+    path = root / "P1.png"
+    Image.new("RGB", (60, 40), (200, 0, 0)).save(path)
+    Image.new("RGB", (90, 30), (0, 0, 200)).save(tmp_path / "other.png")
+    first_read = file_sha256(path)
+    real_sha256 = ingest_module.file_sha256
+
+    def hash_then_swap(p, *args, **kwargs):
+        digest = real_sha256(p, *args, **kwargs)
+        if (tmp_path / "other.png").exists():
+            os.replace(tmp_path / "other.png", p)
+        return digest
+
+    monkeypatch.setattr(ingest_module, "file_sha256", hash_then_swap)
+    report = _service(store, tiny_embedder, _NoDetector(), tmp_path).add(discover(root), "factory_s")
+    assert (report.photos_added, report.photos_failed) == (1, [])
+    [point] = list(store.scroll())
+    now = file_sha256(path)
+    assert now != first_read
+    assert point.payload["photo_sha256"] == now and point.id == point_id("factory_s", now, 0)
+    assert (point.payload["photo_width"], point.payload["photo_height"]) == (90, 30)
+    thumb = Image.open(tmp_path / "data" / point.payload["crop_path"]).convert("RGB")
+    assert thumb.getpixel((5, 5))[2] > 150 > thumb.getpixel((5, 5))[0]  # the blue photo's pixels
+
+
+def _NoDetector():
+    from core.detector import NoDetector
+
+    return NoDetector()
+
+
+class _PoisonedEmbedder(CountingEmbedder):
+    """The real tiny embedder that fails on any batch holding a 77x77 crop (as a model running
+    out of memory on one odd photo would)."""
+
+    def __init__(self, inner, error: BaseException) -> None:
+        super().__init__(inner)
+        self.error = error
+        self.calls = 0
+
+    def embed_images(self, images):
+        self.calls += 1
+        if any(img.size == (77, 77) for img in images):
+            raise self.error
+        return super().embed_images(images)
+
+
+@pytest.mark.parametrize("error,reason", [
+    (MemoryError(), "cannot process: not enough memory for this photo"),
+    (RuntimeError("shape mismatch in layer 3\nmore detail"), "cannot process: RuntimeError: shape mismatch in layer 3"),
+])
+def test_a_photo_that_breaks_a_batch_is_reported_alone(tmp_path, store, tiny_embedder, error, reason):
+    root = tmp_path / "factory_p"
+    root.mkdir()
+    for k in range(3):
+        Image.new("RGB", (60, 40), (40 * k, 90, 90)).save(root / f"good{k}.png")
+    Image.new("RGB", (77, 77), (1, 1, 1)).save(root / "odd.png")
+    embedder = _PoisonedEmbedder(tiny_embedder, error)
+    report = _service(store, embedder, _NoDetector(), tmp_path).add(discover(root), "factory_p")
+    assert report.photos_added == 3 and store.count() == 3
+    assert [(f.path.rsplit("/", 1)[-1], f.error) for f in report.photos_failed] == [("odd.png", reason)]
+    assert embedder.calls == 1 + 4  # the batch, then each photo alone
+
+
+def test_a_model_that_cannot_load_still_stops_the_run(tmp_path, store, tiny_embedder):
+    from core.errors import ModelUnavailable
+
+    root = tmp_path / "factory_p"
+    root.mkdir()
+    Image.new("RGB", (77, 77)).save(root / "odd.png")
+    embedder = _PoisonedEmbedder(tiny_embedder, ModelUnavailable("CLIP model 'x' could not be loaded"))
+    with pytest.raises(ModelUnavailable):
+        _service(store, embedder, _NoDetector(), tmp_path).add(discover(root), "factory_p")
+
+
+def test_stored_payload_is_the_computed_keys_plus_manifest_extras(tmp_path, store, tiny_embedder, blob_detector):
+    """The keys a manifest may not use are exactly those ingest writes (and clustering's group keys)."""
+    from core.cluster_service import PAYLOAD_KEY
+    from core.models import COMPUTED_PAYLOAD_KEYS, reserved_payload_key
+
+    photo = two_shoes_photo(tmp_path / "factory_a" / "pair.jpg")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,product_id,colour\npair.jpg,SKU-1,red\n")
+    _service(store, tiny_embedder, blob_detector, tmp_path).add(discover(photo.parent, manifest=manifest), "factory_a")
+    points = list(store.scroll())
+    assert len(points) == 2
+    for point in points:
+        assert set(point.payload) == set(COMPUTED_PAYLOAD_KEYS) | {"colour"}
+        assert point.payload["colour"] == "red" and point.payload["product_id"] == "SKU-1"
+    assert all(reserved_payload_key(key) for key in PAYLOAD_KEY.values())
+
+
+def test_large_decodes_are_queued_within_the_pixel_budget(tmp_path, store, tiny_embedder):
+    """Three 6-megapixel PNGs with MAX_IMAGE_PIXELS=10M: never two decoded at full size at once,
+    and each leaves the decoder at DECODE_MAX_SIDE."""
+    root = tmp_path / "factory_big"
+    root.mkdir()
+    for k in range(3):
+        Image.new("RGB", (3000, 2000), (60 * k, 90, 90)).save(root / f"big{k}.png", compress_level=1)
+    service = _service(store, tiny_embedder, _NoDetector(), tmp_path, max_image_pixels=10_000_000,
+                       decode_max_side=800)
+    report = service.add(discover(root), "factory_big")
+    assert report.photos_added == 3
+    assert service.decode_budget.peak == 6_000_000 and service.decode_budget.in_use == 0
+    assert {(p.payload["photo_width"], p.payload["photo_height"]) for p in store.scroll()} == {(3000, 2000)}

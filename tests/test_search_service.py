@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -97,3 +98,53 @@ def test_query_with_another_model_is_refused(indexed, tiny_embedder):
 
     with pytest.raises(SchemaMismatch, match="clip-ViT-B-32"):
         SearchService(store, Renamed()).search_text("boot")
+
+
+LONG_DESCRIPTION = ("Classic white leather high-top sneaker with a padded collar, perforated toe box, gum rubber "
+                    "cupsole and flat waxed laces; embossed logo on the heel tab, breathable mesh lining, "
+                    "cushioned insole for all-day comfort, sizes 36-46. ")
+
+
+def _reference_vector(embedder, text: str):
+    """The text vector computed apart from the service: the tokenizer cuts at 77 tokens, then
+    the CLIP text tower and its projection, normalized."""
+    import torch
+
+    module = embedder._model[0]
+    tokens = module.tokenizer([" ".join(text.split())], truncation=True, max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        features = module.auto_model.get_text_features(**tokens)
+    vector = getattr(features, "pooler_output", features)[0].numpy()
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.mark.parametrize("length", [300, 100_000])
+def test_text_longer_than_clip_reads_is_searched_by_its_start_and_says_so(indexed, tiny_embedder, length):
+    _, store, search = indexed
+    text = (LONG_DESCRIPTION * (length // len(LONG_DESCRIPTION) + 1))[:length]
+    assert len(text) == length
+    hits = search.search_text(text, top_k=5)
+    assert len(hits) == 5 and hits.truncated
+    tokens = len(tiny_embedder._model[0].tokenizer(" ".join(text.split()))["input_ids"])
+    assert tokens > 77 and hits.query.tokens == tokens
+    assert hits.notice.startswith(f"query truncated: {tokens:,} tokens, the CLIP text model reads only the first 77 "
+                                  f"(up to \u201c...")
+    assert hits.query.read.split() == " ".join(text.split())[:len(hits.query.read)].split()  # the query's start
+    expected = store.query(_reference_vector(tiny_embedder, text), limit=5)
+    assert [h.point_id for h in hits] == [h.point_id for h in expected]
+    np.testing.assert_allclose([h.score for h in hits], [h.score for h in expected], atol=1e-5)
+
+
+def test_short_text_is_not_truncated(indexed):
+    _, _, search = indexed
+    hits = search.search_text("white sneaker", top_k=3)
+    assert len(hits) == 3 and not hits.truncated and hits.notice == "" and hits.query.tokens < 77
+
+
+def test_ui_shows_the_truncation_notice(handlers):
+    results = handlers.search_text(LONG_DESCRIPTION * 3, [], top_k=4)
+    assert len(results.hits) == 4
+    assert "⚠️ query truncated:" in results.status and "reads only the first 77" in results.status
+    assert "query truncated" not in handlers.search_text("boot", [], top_k=4).status
+    one_each = handlers.search_text(LONG_DESCRIPTION * 3, [], top_k=4, one_per_product=True)
+    assert "query truncated" in one_each.status

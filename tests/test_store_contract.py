@@ -26,8 +26,22 @@ def _open(kind, tmp_path):
     return QdrantClientStore(QdrantClient(":memory:"), "shoes", "qdrant-client :memory:")
 
 
-@pytest.fixture(params=["edge", "qdrant-client"])
+@pytest.fixture(params=["edge", "qdrant-client", "remote"])
 def store(request, tmp_path):
+    if request.param == "remote":  # an Edge store held by a StoreHost, reached as another process would
+        from core.store_host import RemoteStore, open_embedded
+        from tests.store_host_server import serving
+
+        holder = EdgeStore(tmp_path / "edge", "shoes")
+        try:
+            with serving([holder]):
+                s = open_embedded(tmp_path / "edge", "shoes", write=True)
+                assert isinstance(s, RemoteStore)
+                yield s
+                s.close()
+        finally:
+            holder.close()
+        return
     s = _open(request.param, tmp_path)
     yield s
     s.close()

@@ -56,7 +56,7 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     frames[0].save(root / "animated.webp", save_all=True, append_images=frames[1:])
     expected["animated.webp"] = None
     good("one_pixel.png", Image.new("RGB", (1, 1), (5, 5, 5)))
-    good("very_wide.png", Image.new("RGB", (20000, 20), (90, 90, 250)))
+    good("wide.png", Image.new("RGB", (2000, 100), (90, 90, 250)))  # 20:1, the MAX_ASPECT_RATIO default
     good("ünïcödé 鞋.jpg", Image.new("RGB", (50, 50), (20, 160, 20)))
     rotated = Image.new("RGB", (80, 40), (250, 250, 250))
     exif = Image.Exif()
@@ -71,6 +71,11 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     expected["truncated.jpg"] = "cannot decode"
     (root / "text.jpg").write_text("this is not a photo")
     expected["text.jpg"] = "not an image Pillow can read"
+    # Extreme aspect ratios (was: indexed; CLIP's short-side resize made the 11 KB strip tens of GB).
+    Image.new("RGB", (20000, 20), (90, 90, 250)).save(root / "very_wide.png")
+    expected["very_wide.png"] = "extreme aspect ratio: 20000x20 (1,000:1) (limit MAX_ASPECT_RATIO=20)"
+    Image.new("RGB", (1, 200_000), (90, 90, 250)).save(root / "strip.png")
+    expected["strip.png"] = "extreme aspect ratio: 1x200000 (200,000:1) (limit MAX_ASPECT_RATIO=20)"
     _png_bomb(root / "bomb.png")
     expected["bomb.png"] = "image too large: 10,000,000,000 pixels (limit MAX_IMAGE_PIXELS=50,000,000)"
     os.symlink(root / "nowhere.jpg", root / "dangling.jpg")
@@ -107,8 +112,8 @@ def test_every_bad_file_has_its_reason_and_the_run_goes_on(cli_env, tmp_path, mo
     hits = json.loads(runner.invoke(app, ["search", "--text", "x", "--top-k", "100", "--json"]).stdout)["hits"]
     paths = {h["payload"]["photo_path"] for h in hits}
     assert str(root / "\\xff\\xfe-latin.jpg") in paths  # odd bytes shown escaped, still indexed once
-    wide = next(h for h in hits if h["payload"]["photo_path"].endswith("very_wide.png"))
-    assert (wide["payload"]["photo_width"], wide["payload"]["photo_height"]) == (20000, 20)
+    wide = next(h for h in hits if h["payload"]["photo_path"].endswith("wide.png"))
+    assert (wide["payload"]["photo_width"], wide["payload"]["photo_height"]) == (2000, 100)
     gif = next(h for h in hits if h["payload"]["photo_path"].endswith("animated.gif"))
     assert gif["payload"]["width"] == 40
 
@@ -172,3 +177,52 @@ def test_manifest_errors_name_the_line_through_the_cli(cli_env, tmp_path):
         result = runner.invoke(app, ["add", str(root), "--manifest", str(manifest)])
         assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "data" / "qdrant-edge" / "shoes.json").exists()  # nothing half-written
+
+
+def test_hostile_manifests_are_one_line_errors_through_the_cli(cli_env, tmp_path):
+    """Not UTF-8, a binary file, a field over 128 KB, a column that would inject a fake group:
+    exit 1, one line naming the file and line, no traceback, nothing stored."""
+    root = tmp_path / "factory_m"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a.jpg")
+    png = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(png)
+    cases = {
+        "path,product_id,colour\na.jpg,P1,weiß\n".encode("cp1252"): "line 2: not UTF-8 text (byte 0xdf at column 13)",
+        png.read_bytes(): "line 1: not UTF-8 text (byte 0x89 at column 1)",
+        f'path,product_id,notes\na.jpg,P1,"{"x" * 140_000}"\n'.encode(): "line 2: a field longer than 131,072 characters",
+        b"path,product_id,group_similar\na.jpg,P1,sim-0000fake\n": "line 1: column 'group_similar' is a key ingest "
+                                                                    "computes for every crop",
+        b"path,product_id,photo_width\na.jpg,P1,99999\n": "line 1: column 'photo_width' is a key ingest computes",
+    }
+    for content, message in cases.items():
+        manifest = tmp_path / "m.csv"
+        manifest.write_bytes(content)
+        result = runner.invoke(app, ["add", str(root), "--manifest", str(manifest)])
+        assert result.exit_code == 1, (message, result.output)
+        assert f"{manifest}: {message}" in result.stderr and "Traceback" not in result.output, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data" / "qdrant-edge" / "shoes.json").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("length", [300, 100_000])
+def test_text_query_longer_than_clip_reads_through_the_cli(cli_env, tmp_path, length):
+    """A pasted product description (300 characters) or a whole page (100k): hits, exit 0, and
+    one note on stderr saying only the start was searched; `--json` says `truncated`."""
+    root = tmp_path / "factory_t"
+    root.mkdir()
+    for k in range(3):
+        Image.new("RGB", (60, 40), (80 * k, 90, 200)).save(root / f"p{k}.jpg")
+    assert runner.invoke(app, ["add", str(root)]).exit_code == 0
+    words = "white leather high-top sneaker with gum sole, padded collar and waxed laces; "
+    text = (words * (length // len(words) + 1))[:length]
+    result = runner.invoke(app, ["search", "--text", text, "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and len(result.stdout.splitlines()) == 2
+    [note] = result.stderr.splitlines()
+    assert note.startswith("note: query truncated: ") and "the CLIP text model reads only the first 77" in note
+    as_json = runner.invoke(app, ["search", "--text", text, "--top-k", "2", "--json"])
+    report = json.loads(as_json.stdout)
+    assert report["query"]["truncated"] is True and len(report["hits"]) == 2
+    short = runner.invoke(app, ["search", "--text", "white sneaker", "--top-k", "2", "--json"])
+    assert json.loads(short.stdout)["query"]["truncated"] is False and short.stderr == ""

@@ -204,7 +204,7 @@ def test_add_photos_without_photos_or_with_bad_names_says_so(handlers, tmp_path)
     report = handlers.add_photos([str(docs), str(fake)], "brand_new")
     assert report.splitlines() == [
         "⚠️ No photos found in the upload: nothing was added to **brand\\_new** "
-        "(photos are .bmp .gif .jpeg .jpg .png .tif .tiff .webp files, loose or in a .zip).",
+        "(photos are .avif .bmp .gif .heic .heif .jpeg .jpg .png .tif .tiff .webp files, loose or in a .zip).",
         "- refused fake.zip: not a zip file, or a damaged one \\(its table of contents cannot be read\\)",
         "- ignored 1 entry that are not photos (or hidden): docs.zip: notes.txt",
     ]
