@@ -422,7 +422,8 @@ class EdgeStore:
             info = CollectionInfo(model, dimension, text_model=text_model or "")
             tmp = self.meta_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({
-                "model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION, "text_model": info.text_model,
+                "model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION,
+                **({"text_model": info.text_model} if info.text_model else {}),
                 "vector": VECTOR_NAME, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }, indent=2))
             tmp.replace(self.meta_path)
@@ -723,8 +724,9 @@ class QdrantClientStore:
             self.client.create_collection(
                 self.collection,
                 vectors_config={VECTOR_NAME: self.config.vector_params(dimension)},
+                # "text_model" only when set: a default collection is created with the same request as before
                 metadata={"model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION,
-                          "text_model": text_model or ""},
+                          **({"text_model": text_model} if text_model else {})},
                 **self.config.create_arguments(),
             )
             with warnings.catch_warnings():  # local mode says payload indexes do nothing there

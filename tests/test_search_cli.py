@@ -60,7 +60,7 @@ def test_photo_plus_words(indexed):
 
 def test_words_only_and_a_crop_by_id(indexed):
     plain = _json(_run("search", "--text", "white sneaker", "--json"))
-    assert plain["query"] == {"text": "white sneaker"}
+    assert plain["query"] == {"text": "white sneaker", "truncated": False}
     words = _json(_run("search", "--text", "white sneaker", "--not", "boot", "--json"))
     assert words["query"] == {"text": "white sneaker", "words": [{"text": "boot", "weight": -1.0}]}
     target = plain["hits"][0]["point_id"]
