@@ -108,7 +108,7 @@ class Store(Protocol):
                   where: Where | None = None, limit: int = 10, score_threshold: float | None = None,
                   strategy: str = "average_vector") -> list[Hit]:
         """Crops like the `positive` vectors and unlike the `negative` ones, best first, by one of
-        RECOMMEND_STRATEGIES (Qdrant's definitions, exact search):
+        RECOMMEND_STRATEGIES (Qdrant's definitions; exact or approximate as `query` decides):
         - average_vector: nearest to `average_vector(positive, negative)`; scores are cosines
         - best_score: best positive cosine p, best negative cosine n (-inf if none); score
           s(p) = 0.5 * (p / (1 + |p|) + 1) when p > n, else -s(n)
@@ -506,15 +506,17 @@ class EdgeStore:
         _check_recommend(positive, negative, strategy)
         if strategy == "average_vector":  # Edge has no average strategy: the same formula, then nearest
             return self.query(average_vector(positive, negative), where=where, limit=limit,
-                              score_threshold=score_threshold, exact=True)
+                              score_threshold=score_threshold)
         if self._shard is None:
             return []
         make = Query.RecommendBestScore if strategy == "best_score" else Query.RecommendSumScores
         examples = RecommendQuery([_vector_list(v) for v in positive], [_vector_list(v) for v in negative])
         with self._lock:
+            exact = bool(where) or self._shard.info().points_count <= EXACT_QUERY_MAX_POINTS  # as `query`
             points = self._shard.query(QueryRequest(
                 limit=limit, query=make(examples, using=VECTOR_NAME), filter=self._filter(where),
-                with_payload=True, score_threshold=score_threshold, params=SearchParams(exact=True)))
+                with_payload=True, score_threshold=score_threshold,
+                params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(HNSW_EF, 4 * limit))))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def scroll(self, where=None, with_vectors=False, batch_size=512) -> Iterator[StoredPoint]:
@@ -829,7 +831,7 @@ class QdrantClientStore:
             strategy=models.RecommendStrategy(strategy)))
         points = self._read(lambda: self.client.query_points(
             self.collection, query=query, using=VECTOR_NAME, query_filter=self._filter(where), limit=limit,
-            with_payload=True, score_threshold=score_threshold, search_params=self.config.search_params(True),
+            with_payload=True, score_threshold=score_threshold, search_params=self.config.search_params(None),
             **self.config.read_arguments(),
         ).points, [])
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
