@@ -56,6 +56,11 @@ class QueryText:
                 f"(up to \u201c{'...' if len(self.read) > 40 else ''}{tail}\u201d)")
 
 
+def text_model_of(embedder) -> str:
+    """The text encoder an embedder pairs with its CLIP model ('' = CLIP's own text tower)."""
+    return getattr(embedder, "text_model_id", "")
+
+
 def model_id_for(model: str) -> str:
     """The name recorded in the collection: a local directory counts by its folder name,
     so `./models/clip-ViT-B-32` and `clip-ViT-B-32` are the same model."""
@@ -169,9 +174,16 @@ class ClipEmbedder:
     """
 
     def __init__(self, model: str, device: str = "auto", batch_size: int = 32, precision: str = "auto",
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, text_model: str = "") -> None:
+        """`text_model`: a sentence-transformers text encoder trained into this CLIP's space
+        (TEXT_MODEL, e.g. a multilingual one) used for texts instead of CLIP's own text tower."""
         self.model_name = model
         self.model_id = model_id_for(model)
+        self.text_model_name = text_model
+        self.text_model_id = model_id_for(text_model) if text_model else ""
+        self._text_model = None
+        self._text_model_limit: int | None = None
+        self._text_model_tokenizer = None
         self.device = device
         self.batch_size = batch_size
         self.precision = precision
@@ -284,17 +296,59 @@ class ClipEmbedder:
             return onnx_clip.embed(self._image_session, self._image_processor, list(images), self.batch_size)
         return self._encode(list(images))
 
+    def _load_text_model(self):
+        """TEXT_MODEL, loaded on the first text query; its vectors must have CLIP's size."""
+        self.load()
+        with self._lock:
+            if self._text_model is None:
+                try:
+                    from sentence_transformers import SentenceTransformer
+
+                    device = resolve_device(self.device)
+                    model = _NamedLoader(self.text_model_name).load(SentenceTransformer, device)
+                    if device == "cuda":
+                        model.half()
+                except Exception as exc:
+                    raise ModelUnavailable(
+                        f"TEXT_MODEL '{self.text_model_name}' could not be loaded ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0][:200]}). Offline, set TEXT_MODEL to a local folder with "
+                        f"the model, or leave it empty to use CLIP's own text encoder."
+                    ) from exc
+                get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+                if int(get_dim()) != self._dimension:
+                    raise ModelUnavailable(
+                        f"TEXT_MODEL '{self.text_model_name}' gives {int(get_dim())}-d vectors, but CLIP_MODEL "
+                        f"'{self.model_name}' gives {self._dimension}-d: pick the text model trained for this CLIP "
+                        f"(clip-ViT-B-32-multilingual-v1 for clip-ViT-B-32), or leave TEXT_MODEL empty.")
+                self._text_model_limit = _text_token_limit(model)
+                tokenizer = _tokenizer(model)
+                self._text_model_tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else None
+                self._text_model = model
+            return self._text_model
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Text vectors; a text over the model's token limit is embedded from its start (see `fit_text`)."""
-        return self._encode([self.fit_text(t).text for t in texts])
+        """Text vectors (TEXT_MODEL's when set, else CLIP's own text tower); a text over the model's
+        token limit is embedded from its start (see `fit_text`)."""
+        fitted = [self.fit_text(t).text for t in texts]
+        if not self.text_model_name:
+            return self._encode(fitted)
+        model = self._load_text_model()
+        if not fitted:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = model.encode(fitted, batch_size=self.batch_size, normalize_embeddings=True,
+                               convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
 
     def fit_text(self, text: str) -> QueryText:
         """The query as the text model reads it: its first `limit` tokens (CLIP: 77, start and
-        end tokens included), counted with the model's own tokenizer."""
+        end tokens included), counted with the model's own tokenizer (TEXT_MODEL's when set)."""
         self.load()
         text = clean_query_text(text)
         tokenizer = self._counting_tokenizer
         limit = self._text_limit
+        if self.text_model_name:
+            self._load_text_model()
+            tokenizer, limit = self._text_model_tokenizer, self._text_model_limit
         if tokenizer is None or limit is None:
             return QueryText(text, 0, 0, text)
         offsets = bool(getattr(tokenizer, "is_fast", False))
@@ -304,8 +358,11 @@ class ClipEmbedder:
         ids = list(encoded["input_ids"])
         if len(ids) <= limit:
             return QueryText(text, len(ids), limit, text)
-        leading = 1 if ids[0] == getattr(tokenizer, "bos_token_id", object()) else 0
-        trailing = 1 if ids[-1] == getattr(tokenizer, "eos_token_id", object()) else 0
+        # CLIP wraps a text in start/end tokens, BERT-family text models in [CLS]/[SEP].
+        starts = {getattr(tokenizer, name, None) for name in ("bos_token_id", "cls_token_id")} - {None}
+        ends = {getattr(tokenizer, name, None) for name in ("eos_token_id", "sep_token_id")} - {None}
+        leading = 1 if ids[0] in starts else 0
+        trailing = 1 if ids[-1] in ends else 0
         keep = limit - leading - trailing  # content tokens the model reads (sentence-transformers cuts there)
         if offsets:
             spans = encoded["offset_mapping"]
@@ -317,3 +374,13 @@ class ClipEmbedder:
             with self._counting_lock:
                 read = text = tokenizer.decode(ids[leading:leading + keep], skip_special_tokens=True)
         return QueryText(clean_query_text(text), len(ids), limit, " ".join(read.split()))
+
+
+class _NamedLoader:
+    """`ClipEmbedder._from_cache_or_hub` for another model name (the text model)."""
+
+    def __init__(self, name: str) -> None:
+        self.model_name = name
+
+    def load(self, loader, device: str):
+        return ClipEmbedder._from_cache_or_hub(self, loader, device)

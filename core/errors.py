@@ -49,3 +49,7 @@ class DiskFull(ShoeSearchError):
 
 class ReadOnlyData(ShoeSearchError):
     """DATA_DIR (or the store in it) cannot be written: reads work, writes are refused."""
+
+
+class ImageUrlError(ShoeSearchError):
+    """A photo given by URL cannot be fetched or used (refused address, limit, not an image)."""

@@ -26,7 +26,7 @@ import numpy as np
 from core.batches import iter_batches
 from core.catalogue import path_text
 from core.detector import Detector
-from core.embedder import Embedder
+from core.embedder import Embedder, text_model_of
 from core.diskspace import DEFAULT_MIN_FREE_MB, require_free_space, writing
 from core.errors import BadImage, DiskFull, ShoeSearchError, StoreUnavailable
 from core.ids import point_id
@@ -134,7 +134,8 @@ class IngestService:
         info = self.store.info()
         if info is not None:
             # Before any model loads: refuse to mix embedding spaces.
-            check_model(info, self.store.collection, self.store.location, self.embedder.model_id, None)
+            check_model(info, self.store.collection, self.store.location, self.embedder.model_id, None,
+                        text_model_of(self.embedder))
         self.recover()
         seen_keys: set[tuple[str, str]] = set()
         done = 0
@@ -226,7 +227,7 @@ class IngestService:
         payloads = [payload for part in parts for payload in part.payloads]
         vectors = np.vstack([part.vectors for part in parts])
         if not self._collection_ready:
-            self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]))
+            self.store.ensure_collection(self.embedder.model_id, int(vectors.shape[1]), text_model_of(self.embedder))
             self._collection_ready = True
         self._check_space("writing this batch's thumbnails")
         for (_, payload), value in zip(payloads, pool.map(crop_phash, crops)):  # for the clustering's phash tier

@@ -95,7 +95,7 @@ def migrate(source: Store, target: Store, data_dir: Path, target_url: str, batch
             report.resumed = not json.loads(marker.read_text()).get("finished", False)
         except ValueError:
             report.resumed = True
-    target.ensure_collection(info.model, info.dimension)  # the model record travels with the collection
+    target.ensure_collection(info.model, info.dimension, info.text_model)  # the model record travels with the collection
     total = source.count()
     report.source_points = total
     rng = random.Random(0)

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         None, ge=1, description="HNSW search breadth per query (higher: better recall, slower); empty: the server's.")
 
     clip_model: str = Field("clip-ViT-B-32", description="sentence-transformers CLIP name or local directory.")
+    text_model: str = Field(
+        "", description="A text encoder trained into CLIP_MODEL's space for text queries (e.g. "
+                        "clip-ViT-B-32-multilingual-v1 for clip-ViT-B-32: 50+ languages); empty = CLIP's own.")
     detector_model: str = Field("yolov8n-oiv7.pt", description="ultralytics YOLO weights name or file; 'none' = off.")
     detector_classes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(OIV7_FOOTWEAR),
@@ -92,6 +95,13 @@ class Settings(BaseSettings):
     ui_password: str = Field("", description="With UI_USERNAME: require this login for the UI.")
     ui_max_upload_mb: int = Field(50, ge=1, description="Largest upload (photo or zip) the UI accepts.")
 
+    image_urls: bool = Field(True, description="Allow searching with a photo given by http(s) URL (UI, API, CLI).")
+    image_url_max_mb: float = Field(20.0, gt=0, description="Largest photo fetched from a URL, in MB.")
+    image_url_timeout: float = Field(10.0, gt=0, description="Seconds a URL fetch may take in all (redirects included).")
+    image_url_allow_private: bool = Field(
+        False, description="Also fetch from loopback and private-network addresses (an intranet image server); "
+                           "link-local and cloud metadata addresses stay refused.")
+
     @field_validator("detector_classes", mode="before")
     @classmethod
     def _split_classes(cls, value: object) -> object:
@@ -113,7 +123,7 @@ class Settings(BaseSettings):
             return text
         raise ValueError("use all, majority, quorum, a number of replicas (1, 2, ...) or leave it empty")
 
-    @field_validator("qdrant_url", "qdrant_api_key", "detector_model", "clip_model", mode="before")
+    @field_validator("qdrant_url", "qdrant_api_key", "detector_model", "clip_model", "text_model", mode="before")
     @classmethod
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value

@@ -17,6 +17,11 @@ A filter (`Where`) is a mapping {payload key: allowed values, or Contains(text)}
 matches when every key holds one of its values (or, for Contains, a value with that
 substring, case-sensitive). Filtered queries on Edge run exact (its filtered HNSW misses
 hits), so filtered results equal a brute-force scan.
+
+Recommend queries (like / dislike examples, given as vectors) follow Qdrant's three strategies:
+`best_score` and `sum_scores` run as each backend's own recommend query; `average_vector` is a
+nearest query with `average_vector()` (qdrant-client: its own RecommendQuery; Edge has no
+average strategy, so the same formula is computed here).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ SCHEMA_VERSION = 1
 EXACT_QUERY_MAX_POINTS = 250_000
 HNSW_EF = 512
 INDEXED_KEYWORDS = ("factory", "product_id", "photo_sha256", "photo_path")
-
+RECOMMEND_STRATEGIES = ("average_vector", "best_score", "sum_scores")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class CollectionInfo:
     model: str
     dimension: int
     schema_version: int = SCHEMA_VERSION
+    text_model: str = ""  # TEXT_MODEL paired with `model` for text queries; "" = CLIP's own text tower
 
 
 @dataclass
@@ -85,7 +91,10 @@ class Store(Protocol):
     collection: str
 
     def info(self) -> CollectionInfo | None: ...
-    def ensure_collection(self, model: str, dimension: int) -> CollectionInfo: ...
+    def ensure_collection(self, model: str, dimension: int, text_model: str | None = None) -> CollectionInfo:
+        """The collection's record, made on first use (with `text_model`, "" when None); an existing
+        one must match `model`, `dimension` and (unless None) `text_model`."""
+        ...
     def upsert(self, points: Sequence[StoredPoint]) -> None: ...
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None: ...
@@ -94,6 +103,16 @@ class Store(Protocol):
               score_threshold: float | None = None, exact: bool | None = None) -> list[Hit]:
         """Nearest crops, best first. `exact`: None = the store decides (exact unless huge),
         False = use the approximate index (nearest-neighbour candidates for clustering)."""
+        ...
+    def recommend(self, positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = (),
+                  where: Where | None = None, limit: int = 10, score_threshold: float | None = None,
+                  strategy: str = "average_vector") -> list[Hit]:
+        """Crops like the `positive` vectors and unlike the `negative` ones, best first, by one of
+        RECOMMEND_STRATEGIES (Qdrant's definitions; exact or approximate as `query` decides):
+        - average_vector: nearest to `average_vector(positive, negative)`; scores are cosines
+        - best_score: best positive cosine p, best negative cosine n (-inf if none); score
+          s(p) = 0.5 * (p / (1 + |p|) + 1) when p > n, else -s(n)
+        - sum_scores: sum of positive cosines minus sum of negative cosines"""
         ...
     def scroll(self, where: Where | None = None, with_vectors: bool = False,
                batch_size: int = 512) -> Iterator[StoredPoint]: ...
@@ -107,8 +126,10 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def check_model(info: CollectionInfo, collection: str, location: str, model: str, dimension: int | None) -> None:
-    """Raise SchemaMismatch when a collection's vectors come from another model or size."""
+def check_model(info: CollectionInfo, collection: str, location: str, model: str, dimension: int | None,
+                text_model: str | None = None) -> None:
+    """Raise SchemaMismatch when a collection's vectors come from another model or size, or (when
+    `text_model` is given) when it pairs them with another text model."""
     if info.model != model or (dimension is not None and info.dimension != dimension):
         raise SchemaMismatch(
             f"Collection '{collection}' at {location} holds {info.dimension}-d vectors of model "
@@ -116,6 +137,33 @@ def check_model(info: CollectionInfo, collection: str, location: str, model: str
             + (f" ({dimension}-d)" if dimension is not None else "")
             + ". Use the same CLIP_MODEL, pick another QDRANT_COLLECTION, or remove the collection to re-index."
         )
+    if text_model is not None and info.text_model != text_model:
+        recorded = f"text model '{info.text_model}'" if info.text_model else "CLIP's own text encoder"
+        wanted = f"'{text_model}'" if text_model else "empty (CLIP's own text encoder)"
+        raise SchemaMismatch(
+            f"Collection '{collection}' at {location} pairs its '{info.model}' vectors with {recorded} for text "
+            f"queries, but TEXT_MODEL is {wanted}. Use the same TEXT_MODEL, or index into another QDRANT_COLLECTION."
+        )
+
+
+def average_vector(positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = ()) -> np.ndarray:
+    """Qdrant's `average_vector` recommend query: mean(positive) + (mean(positive) - mean(negative)),
+    or mean(positive) when there is no negative."""
+    if len(positive) == 0:
+        raise ValueError("average_vector needs at least one positive example")
+    mean = np.mean(np.asarray(positive, dtype=np.float32), axis=0)
+    if len(negative) == 0:
+        return mean
+    return mean + mean - np.mean(np.asarray(negative, dtype=np.float32), axis=0)
+
+
+def _check_recommend(positive, negative, strategy: str) -> None:
+    if strategy not in RECOMMEND_STRATEGIES:
+        raise ValueError(f"unknown recommend strategy {strategy!r}: one of {', '.join(RECOMMEND_STRATEGIES)}")
+    if len(positive) == 0 and len(negative) == 0:
+        raise ValueError("a recommend query needs at least one example")
+    if strategy == "average_vector" and len(positive) == 0:
+        raise ValueError("average_vector needs at least one positive example")
 
 
 def _vector_list(vector: Any) -> list[float]:
@@ -349,16 +397,17 @@ class EdgeStore:
     def info(self) -> CollectionInfo | None:
         if self._info is None and self.meta_path.exists():  # read once, not on every query
             meta = json.loads(self.meta_path.read_text())
-            self._info = CollectionInfo(meta["model"], int(meta["dimension"]), int(meta.get("schema_version", 1)))
+            self._info = CollectionInfo(meta["model"], int(meta["dimension"]), int(meta.get("schema_version", 1)),
+                                        str(meta.get("text_model", "")))
         return self._info
 
-    def ensure_collection(self, model: str, dimension: int) -> CollectionInfo:
+    def ensure_collection(self, model: str, dimension: int, text_model: str | None = None) -> CollectionInfo:
         from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, PayloadSchemaType, UpdateOperation
 
         with self._lock:
             info = self.info()
             if info is not None:
-                check_model(info, self.collection, self.location, model, dimension)
+                check_model(info, self.collection, self.location, model, dimension, text_model)
                 return info
             self.check_writable("creating the collection")
             config = EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=dimension, distance=Distance.Cosine)})
@@ -370,10 +419,11 @@ class EdgeStore:
             for key in INDEXED_KEYWORDS:
                 shard.update(UpdateOperation.create_field_index(key, PayloadSchemaType.Keyword))
             shard.flush()
-            info = CollectionInfo(model, dimension)
+            info = CollectionInfo(model, dimension, text_model=text_model or "")
             tmp = self.meta_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({
                 "model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION,
+                **({"text_model": info.text_model} if info.text_model else {}),
                 "vector": VECTOR_NAME, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }, indent=2))
             tmp.replace(self.meta_path)
@@ -447,6 +497,26 @@ class EdgeStore:
                 params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(HNSW_EF, 4 * limit)),
             )
             points = self._shard.query(request)
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+    def recommend(self, positive, negative=(), where=None, limit=10, score_threshold=None,
+                  strategy="average_vector") -> list[Hit]:
+        from qdrant_edge import Query, QueryRequest, RecommendQuery, SearchParams
+
+        _check_recommend(positive, negative, strategy)
+        if strategy == "average_vector":  # Edge has no average strategy: the same formula, then nearest
+            return self.query(average_vector(positive, negative), where=where, limit=limit,
+                              score_threshold=score_threshold)
+        if self._shard is None:
+            return []
+        make = Query.RecommendBestScore if strategy == "best_score" else Query.RecommendSumScores
+        examples = RecommendQuery([_vector_list(v) for v in positive], [_vector_list(v) for v in negative])
+        with self._lock:
+            exact = bool(where) or self._shard.info().points_count <= EXACT_QUERY_MAX_POINTS  # as `query`
+            points = self._shard.query(QueryRequest(
+                limit=limit, query=make(examples, using=VECTOR_NAME), filter=self._filter(where),
+                with_payload=True, score_threshold=score_threshold,
+                params=SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(HNSW_EF, 4 * limit))))
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def scroll(self, where=None, with_vectors=False, batch_size=512) -> Iterator[StoredPoint]:
@@ -642,28 +712,30 @@ class QdrantClientStore:
         vectors = config.params.vectors
         dimension = vectors[VECTOR_NAME].size if isinstance(vectors, dict) and VECTOR_NAME in vectors else 0
         self._info = CollectionInfo(str(meta.get("model", "?")), int(meta.get("dimension", dimension)),
-                                    int(meta.get("schema_version", SCHEMA_VERSION)))
+                                    int(meta.get("schema_version", SCHEMA_VERSION)), str(meta.get("text_model", "")))
         return self._info
 
-    def ensure_collection(self, model: str, dimension: int) -> CollectionInfo:
+    def ensure_collection(self, model: str, dimension: int, text_model: str | None = None) -> CollectionInfo:
         from qdrant_client import models
 
         info = self.info()
         if info is not None:
-            check_model(info, self.collection, self.location, model, dimension)
+            check_model(info, self.collection, self.location, model, dimension, text_model)
             return info
         with self._lock:
             self.client.create_collection(
                 self.collection,
                 vectors_config={VECTOR_NAME: self.config.vector_params(dimension)},
-                metadata={"model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION},
+                # "text_model" only when set: a default collection is created with the same request as before
+                metadata={"model": model, "dimension": dimension, "schema_version": SCHEMA_VERSION,
+                          **({"text_model": text_model} if text_model else {})},
                 **self.config.create_arguments(),
             )
             with warnings.catch_warnings():  # local mode says payload indexes do nothing there
                 warnings.simplefilter("ignore", UserWarning)
                 for key in INDEXED_KEYWORDS:
                     self.client.create_payload_index(self.collection, key, self.config.index_schema(key))
-        self._info = CollectionInfo(model, dimension)
+        self._info = CollectionInfo(model, dimension, text_model=text_model or "")
         return self._info
 
     @staticmethod
@@ -746,6 +818,21 @@ class QdrantClientStore:
             query_filter=self._filter(where), limit=limit, with_payload=True,
             score_threshold=score_threshold,
             search_params=self.config.search_params(exact), **self.config.read_arguments(),
+        ).points, [])
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+
+    def recommend(self, positive, negative=(), where=None, limit=10, score_threshold=None,
+                  strategy="average_vector") -> list[Hit]:
+        from qdrant_client import models
+
+        _check_recommend(positive, negative, strategy)
+        query = models.RecommendQuery(recommend=models.RecommendInput(
+            positive=[_vector_list(v) for v in positive], negative=[_vector_list(v) for v in negative],
+            strategy=models.RecommendStrategy(strategy)))
+        points = self._read(lambda: self.client.query_points(
+            self.collection, query=query, using=VECTOR_NAME, query_filter=self._filter(where), limit=limit,
+            with_payload=True, score_threshold=score_threshold, search_params=self.config.search_params(None),
+            **self.config.read_arguments(),
         ).points, [])
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 

@@ -111,12 +111,12 @@ def _where_in(data: dict[str, Any] | None) -> Where | None:
 
 def _info_out(info: CollectionInfo | None) -> dict[str, Any] | None:
     return None if info is None else {"model": info.model, "dimension": info.dimension,
-                                      "schema_version": info.schema_version}
+                                      "schema_version": info.schema_version, "text_model": info.text_model}
 
 
 def _info_in(data: dict[str, Any] | None) -> CollectionInfo | None:
     return None if data is None else CollectionInfo(data["model"], int(data["dimension"]),
-                                                    int(data["schema_version"]))
+                                                    int(data["schema_version"]), str(data.get("text_model", "")))
 
 
 def _line(data: dict[str, Any]) -> bytes:
@@ -148,7 +148,9 @@ def _dispatch(store: Store, method: str, args: dict[str, Any]) -> Any:
     if method == "info":
         return _info_out(store.info())
     if method == "ensure_collection":
-        return _info_out(store.ensure_collection(str(args["model"]), int(args["dimension"])))
+        text_model = args.get("text_model")
+        return _info_out(store.ensure_collection(str(args["model"]), int(args["dimension"]),
+                                                 None if text_model is None else str(text_model)))
     if method == "upsert":
         return store.upsert([_point_in(p) for p in args["points"]])
     if method == "retrieve":
@@ -160,6 +162,11 @@ def _dispatch(store: Store, method: str, args: dict[str, Any]) -> Any:
     if method == "query":
         hits = store.query(_vector_in(args["vector"]), where=_where_in(args.get("where")), limit=int(args["limit"]),
                            score_threshold=args.get("score_threshold"), exact=args.get("exact"))
+        return [{"id": h.point_id, "score": h.score, "payload": h.payload} for h in hits]
+    if method == "recommend":
+        hits = store.recommend([_vector_in(v) for v in args["positive"]], [_vector_in(v) for v in args["negative"]],
+                               where=_where_in(args.get("where")), limit=int(args["limit"]),
+                               score_threshold=args.get("score_threshold"), strategy=str(args["strategy"]))
         return [{"id": h.point_id, "score": h.score, "payload": h.payload} for h in hits]
     if method == "count":
         return store.count(_where_in(args.get("where")))
@@ -605,8 +612,9 @@ class RemoteStore:
             self._info = _info_in(self.link.call(self.collection, "info"))
         return self._info
 
-    def ensure_collection(self, model: str, dimension: int) -> CollectionInfo:
-        self._info = _info_in(self.link.call(self.collection, "ensure_collection", model=model, dimension=dimension))
+    def ensure_collection(self, model: str, dimension: int, text_model: str | None = None) -> CollectionInfo:
+        self._info = _info_in(self.link.call(self.collection, "ensure_collection", model=model, dimension=dimension,
+                                             text_model=text_model))
         return self._info
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
@@ -631,6 +639,16 @@ class RemoteStore:
               exact: bool | None = None) -> list[Hit]:
         hits = self.link.call(self.collection, "query", vector=_vector_out(vector), where=_where_out(where),
                               limit=limit, score_threshold=score_threshold, exact=exact)
+        return [Hit(str(h["id"]), float(h["score"]), dict(h["payload"] or {})) for h in hits]
+
+    def recommend(self, positive, negative=(), where: Where | None = None, limit: int = 10,
+                  score_threshold: float | None = None, strategy: str = "average_vector") -> list[Hit]:
+        from core.store import _check_recommend
+
+        _check_recommend(positive, negative, strategy)  # refused here, as the local stores do
+        hits = self.link.call(self.collection, "recommend", positive=[_vector_out(v) for v in positive],
+                              negative=[_vector_out(v) for v in negative], where=_where_out(where), limit=limit,
+                              score_threshold=score_threshold, strategy=strategy)
         return [Hit(str(h["id"]), float(h["score"]), dict(h["payload"] or {})) for h in hits]
 
     def scroll(self, where: Where | None = None, with_vectors: bool = False,

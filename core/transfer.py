@@ -33,7 +33,8 @@ def export_points(store: Store, path: Path, where: Where | None = None,
     count = 0
     with gzip.open(tmp, "wt", encoding="utf-8") as handle:
         handle.write(json.dumps({"format": FORMAT, "version": VERSION, "model": info.model,
-                                 "dimension": info.dimension, "collection": store.collection,
+                                 "dimension": info.dimension, "text_model": info.text_model,
+                                 "collection": store.collection,
                                  "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
         for point in store.scroll(where, with_vectors=True, batch_size=1024):
             handle.write(json.dumps({"id": point.id, "vector": point.vector.tolist(), "payload": point.payload},
@@ -60,7 +61,7 @@ def import_points(store: Store, path: Path, batch_size: int = 512,
         raise ShoeSearchError(f"{path} is not a points export (format {header.get('format')!r}).")
     if header.get("version", 0) > VERSION:
         raise ShoeSearchError(f"{path} was written by a newer version (format version {header['version']}).")
-    store.ensure_collection(header["model"], int(header["dimension"]))
+    store.ensure_collection(header["model"], int(header["dimension"]), header.get("text_model"))  # older exports: not checked
 
     def points():
         for line_no, line in enumerate(handle, start=2):

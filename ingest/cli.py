@@ -276,7 +276,8 @@ def stats(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
         _print_json(data)
         return
     typer.echo(f"store:    {data['location']} (collection {data['collection']})")
-    typer.echo(f"model:    {data['model'] or '-'} ({data['dimension'] or '-'}-d)")
+    typer.echo(f"model:    {data['model'] or '-'} ({data['dimension'] or '-'}-d)"
+               + (f", text queries by {data['text_model']}" if data.get("text_model") else ""))
     typer.echo(f"points:   {data['points']} crops from {data['photos']} photos")
     for name, counts in data["factories"].items():
         typer.echo(f"  {name:<24} {counts['crops']:>8} crops {counts['photos']:>8} photos")
@@ -284,8 +285,25 @@ def stats(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
 
 @app.command()
 def search(
-    text: Annotated[Optional[str], typer.Option("--text", help="Describe the shoe.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option(
+        "--text", metavar="TEXT", help="Describe the shoe; with a photo: words to add (\"like this, but red\"). Repeatable.")] = None,
+    avoid: Annotated[Optional[list[str]], typer.Option(
+        "--not", metavar="TEXT", help="Words to avoid (\"not suede\"), with a photo or --text. Repeatable.")] = None,
+    text_weight: Annotated[float, typer.Option(
+        "--text-weight", min=0.0, max=5.0,
+        help="Weight of each added or avoided word against the photo (the photo weighs 1).")] = 1.0,
     image: Annotated[Optional[Path], typer.Option("--image", help="A query photo.", exists=True, dir_okay=False)] = None,
+    image_url: Annotated[Optional[str], typer.Option(
+        "--image-url", metavar="URL", help="A query photo by http(s) URL (IMAGE_URL* settings limit it).")] = None,
+    crop_id: Annotated[Optional[str], typer.Option(
+        "--crop-id", metavar="POINT_ID", help="An indexed crop as the query photo (a hit's point_id).")] = None,
+    like: Annotated[Optional[list[str]], typer.Option(
+        "--like", metavar="POINT_ID", help="Refine: find crops like this indexed crop. Repeatable.")] = None,
+    dislike: Annotated[Optional[list[str]], typer.Option(
+        "--dislike", metavar="POINT_ID", help="Refine: and unlike this one. Repeatable.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(
+        help="With --like/--dislike: average_vector (default with a like) | best_score (default with dislikes "
+             "only) | sum_scores.")] = None,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Minimum cosine similarity.")] = None,
@@ -293,10 +311,19 @@ def search(
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Find crops by text or by photo, optionally within some factories."""
-    if (text is None) == (image is None):
-        raise typer.BadParameter("give exactly one of --text or --image")
-    from core.images import load_photo
+    """Find crops by text, by photo (file, URL or indexed crop) plus words, or by liked and disliked crops."""
+    photos = [name for name, given in (("--image", image), ("--image-url", image_url), ("--crop-id", crop_id))
+              if given is not None]
+    refine = bool(like or dislike)
+    if len(photos) > 1:
+        raise typer.BadParameter(f"give one query photo, not {' and '.join(photos)}")
+    if refine and (photos or text or avoid):
+        raise typer.BadParameter("--like/--dislike refine by indexed crops alone: leave out --text, --not and photos",
+                                 param_hint="--like")
+    if not (refine or photos or text):
+        raise typer.BadParameter("give --text, a photo (--image, --image-url, --crop-id) or --like/--dislike")
+    if strategy is not None and not refine:
+        raise typer.BadParameter("only with --like/--dislike", param_hint="--strategy")
     from core.search_service import build_where
     from core.wiring import search_service
 
@@ -305,16 +332,8 @@ def search(
     with _user_errors(as_json), _open_stores(settings) as (store, head):
         _check_factories(store, factory)
         service = search_service(settings, store, head)
-        if text is not None:
-            hits = service.search_text(text, where=where, top_k=top_k, min_score=min_score)
-            query: dict[str, Any] = {"text": text, "truncated": hits.truncated}
-            if hits.truncated:
-                typer.echo(f"note: {hits.notice}", err=True)
-        else:
-            photo = load_photo(image, settings.max_image_pixels)
-            crop = service.query_crops(photo)[-1 if whole else 0]
-            hits = service.search_image(crop.image, where=where, top_k=top_k, min_score=min_score)
-            query = {"image": str(image), "region": crop.label}
+        hits, query = _run_search(settings, service, text or [], avoid or [], text_weight, image, image_url, crop_id,
+                                  like or [], dislike or [], strategy, where, top_k, min_score, whole)
     if as_json:
         _print_json({"query": query, "filter": where,
                      "hits": [{"point_id": h.point_id, "score": round(h.score, 6), "payload": h.payload} for h in hits]})
@@ -324,6 +343,47 @@ def search(
     for rank, hit in enumerate(hits, start=1):
         typer.echo(f"{rank:>3}. {hit.score:.4f}  {hit.factory:<16} {hit.product_id:<20} {hit.payload.get('photo_path')}"
                    + (f"  box={hit.payload['box']}" if hit.payload.get("box") else ""))
+
+
+def _run_search(settings, service, text, avoid, weight, image, image_url, crop_id, like, dislike, strategy, where,
+                top_k, min_score, whole):
+    """The hits and a description of the query (the --json `query`) for `ingest search`'s options."""
+    from core.query_mix import Term, terms
+
+    if like or dislike:
+        hits = service.refine(like, dislike, where=where, top_k=top_k, min_score=min_score, strategy=strategy)
+        used = strategy or ("average_vector" if like else "best_score")
+        return hits, {"like": like, "dislike": dislike, "strategy": used}
+    if image is None and image_url is None and crop_id is None:  # words only
+        if len(text) == 1 and not avoid:
+            hits = service.search_text(text[0], where=where, top_k=top_k, min_score=min_score)
+            if hits.truncated:
+                typer.echo(f"note: {hits.notice}", err=True)
+            return hits, {"text": text[0], "truncated": hits.truncated}
+        words = [Term(text[0], 1.0), *terms(text[1:], avoid, weight)]
+        hits = service.search_words(words, where=where, top_k=top_k, min_score=min_score)
+        return hits, {"text": text[0], "words": _words_json(words[1:])}
+    words = terms(text, avoid, weight)
+    if crop_id is not None:
+        hits = service.more_like_this(crop_id, where=where, top_k=top_k, min_score=min_score, words=words)
+        return hits, {"crop_id": crop_id, **({"words": _words_json(words)} if words else {})}
+    if image_url is not None:
+        from core.image_urls import UrlLimits, fetch_photo
+
+        photo = fetch_photo(image_url, UrlLimits.from_settings(settings), settings.max_image_pixels)
+        source = {"image_url": image_url}
+    else:
+        from core.images import load_photo
+
+        photo = load_photo(image, settings.max_image_pixels)
+        source = {"image": str(image)}
+    crop = service.query_crops(photo)[-1 if whole else 0]
+    hits = service.search_image(crop.image, where=where, top_k=top_k, min_score=min_score, words=words)
+    return hits, {**source, "region": crop.label, **({"words": _words_json(words)} if words else {})}
+
+
+def _words_json(words) -> list[dict[str, Any]]:
+    return [{"text": w.text, "weight": w.weight} for w in words]
 
 
 @app.command()
@@ -405,7 +465,9 @@ def eval_command(
                 from core.background import build_remover
 
                 compared = compare_models(
-                    store, model, lambda name: build_embedder(settings.model_copy(update={"clip_model": name})),
+                    # TEXT_MODEL was trained for CLIP_MODEL only: other models use their own text encoders.
+                    store, model, lambda name: build_embedder(settings.model_copy(update={
+                        "clip_model": name, "text_model": settings.text_model if name == settings.clip_model else ""})),
                     sample=sample, queries=text, max_pixels=settings.max_image_pixels,
                     removers=[build_remover(kind, settings.background_model) for kind in (background or ["none"])])
                 output = {"sample_crops": compared["sample_crops"], "models": {}}

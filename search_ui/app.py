@@ -1,7 +1,8 @@
 """The Gradio layout. Behaviour lives in `handlers.py`; this file only wires events to it.
 
 Run: `search-ui` (or `python -m search_ui`). Named API endpoints: /search_text, /search_image,
-/more_like_this, /factories (see the README for a gradio_client example).
+/more_like_this, /refine, /factories (see the README for a gradio_client example). They have
+hidden inputs of their own, so their parameters and defaults do not follow the page's controls.
 
 Only stock Gradio components are used: a subclass of one (say `gr.Image`) makes Gradio treat it
 as a custom component whose front-end bundle does not exist, and the browser shows nothing.
@@ -43,6 +44,9 @@ CSS = """
 """
 
 SCROLL_TO_DETAIL = "() => { document.getElementById('detail')?.scrollIntoView({block: 'start'}); }"
+# An event's `js` runs first and its return value replaces the inputs: these hand them on.
+SCROLL_TO_RESULTS = "(...inputs) => { document.getElementById('status')?.scrollIntoView({block: 'start'}); return inputs; }"
+SCROLL_TO_QUERY = "(...inputs) => { document.getElementById('query-tabs')?.scrollIntoView({block: 'start'}); return inputs; }"
 
 # Installed once, when the Duplicates tab is first opened: a review key clicks its button when that
 # button is on screen and the focus is not in a text field.
@@ -100,19 +104,33 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         with gr.Tabs() as tabs:
             with gr.Tab("Search", id="search") as search_tab:
                 with gr.Row():
-                    with gr.Column(scale=2):
+                    with gr.Column(scale=2), gr.Tabs(elem_id="query-tabs") as query_tabs:
                         with gr.Tab("By text", id="by-text"):
                             text = gr.Textbox(label="Describe the shoe", placeholder="white leather high-top sneaker",
                                               elem_id="query-text")
                             text_button = gr.Button("Search", variant="primary", elem_id="search-text-button")
                         with gr.Tab("By photo", id="by-photo", elem_id="by-photo-tab"):
+                            # format="png": a photo fetched by URL is shown (and searched again) without a lossy copy
                             photo = gr.Image(label="Query photo: upload, drop or paste", type="filepath",
-                                             sources=["upload", "clipboard"], elem_id="query-photo", height=260)
+                                             sources=["upload", "clipboard"], elem_id="query-photo", height=260,
+                                             format="png")
+                            with gr.Row(visible=handlers.settings.image_urls):
+                                image_url = gr.Textbox(label="…or the photo's web address", scale=4,
+                                                       placeholder="https://example.com/shoe.jpg", elem_id="image-url")
+                                url_button = gr.Button("Fetch and search", scale=1, elem_id="fetch-url")
                             detect_note = gr.Markdown(elem_id="detect-note")
                             regions = gr.Gallery(label="Detected shoes: click the one to search with", columns=5,
                                                  height=170, allow_preview=False, elem_id="query-regions",
                                                  object_fit="contain")
                             region = gr.Number(value=0, precision=0, visible=False)
+                            crop_query = gr.State("")  # an indexed crop searched instead of the photo
+                            with gr.Row():
+                                words_add = gr.Textbox(label="…but (words to add)", placeholder="red, patent leather",
+                                                       elem_id="words-add", scale=2)
+                                words_avoid = gr.Textbox(label="…not (words to avoid)", placeholder="suede",
+                                                         elem_id="words-avoid", scale=2)
+                                words_weight = gr.Slider(0.0, 3.0, value=1.0, step=0.05, scale=2, elem_id="words-weight",
+                                                         label="Weight of each word (the photo weighs 1)")
                             photo_button = gr.Button("Search with this photo", variant="primary",
                                                      elem_id="search-photo-button")
                     with gr.Column(scale=1):
@@ -127,7 +145,8 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                         min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01,
                                               label="Minimum similarity (0 = off)")
                         top_k = gr.Slider(1, 100, value=24, step=1, label="Results", elem_id="top-k")
-                        one_per_product = gr.Checkbox(label="One result per product (best crop)", value=False,
+                        one_per_product = gr.Checkbox(label="One result per product (its best crop; the caption "
+                                                            "counts its other crops)", value=True,
                                                       elem_id="one-per-product")
                         group = gr.Textbox(label="Duplicate group id (from the Duplicates tab)", value="",
                                            placeholder="dup-… or sim-…", elem_id="group-filter")
@@ -140,7 +159,23 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                                                 interactive=False, elem_id="detail-photo", height=420)
                     with gr.Column(scale=2):
                         detail = gr.Markdown("*Click a result to see its details here.*", elem_id="detail-card")
-                        more_button = gr.Button("More like this", elem_id="more-like-this")
+                        with gr.Row():
+                            more_button = gr.Button("More like this", elem_id="more-like-this")
+                            use_crop_button = gr.Button("Search with it + words", elem_id="use-crop")
+                        with gr.Row():
+                            like_button = gr.Button("👍 Like", elem_id="like-button")
+                            dislike_button = gr.Button("👎 Dislike", elem_id="dislike-button")
+                        liked = gr.Dropdown(label="👍 Liked", choices=[], value=[], multiselect=True,
+                                            allow_custom_value=True, elem_id="liked")
+                        disliked = gr.Dropdown(label="👎 Disliked", choices=[], value=[], multiselect=True,
+                                               allow_custom_value=True, elem_id="disliked")
+                        with gr.Row():
+                            refine_button = gr.Button("Refine", variant="primary", elem_id="refine-button")
+                            clear_button = gr.Button("Clear likes", elem_id="clear-feedback")
+                        feedback_note = gr.Markdown("*Like or dislike results, then **Refine**: crops like the "
+                                                    "liked ones and unlike the disliked ones.*",
+                                                    elem_id="feedback-note")
+                        labels_state = gr.State({})
                 with gr.Accordion("Raw results (JSON)", open=False):
                     raw = gr.JSON(label="Hits", elem_id="raw-hits")
 
@@ -233,6 +268,18 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
 
         gr.Button(visible=False).click(list_factories, None, gr.JSON(visible=False), api_name="factories")
 
+        # The named API has hidden inputs of its own: its defaults (one_per_product=False, words
+        # weight 1) stay what scripts were told, whatever the page's controls start at.
+        api_filters = [
+            gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True, visible=False,
+                        label="factories"),
+            gr.Textbox("", visible=False, label="product"), gr.Checkbox(False, visible=False, label="exact"),
+            gr.Number(0.0, visible=False, label="min_score"), gr.Number(24, precision=0, visible=False, label="top_k"),
+            gr.Checkbox(False, visible=False, label="one_per_product"), gr.Textbox("", visible=False, label="group")]
+        api_words = [gr.Textbox("", visible=False, label="text"), gr.Number(1.0, visible=False, label="text_weight"),
+                     gr.Textbox("", visible=False, label="not_text")]
+        api_shown = [gr.Gallery(visible=False), gr.State([]), gr.Markdown(visible=False), gr.JSON(visible=False)]
+
         def search_text(query: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
                         min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = ""):
             """Search by words ("white leather high-top sneaker").
@@ -244,7 +291,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 exact: the product id must equal `product`
                 min_score: leave out results below this cosine similarity (0 = off)
                 top_k: how many results (1-200)
-                one_per_product: keep only the best crop of each product
+                one_per_product: keep only the best crop of each product (captioned "+n more crops")
                 group: only crops of this duplicate group id ("" = none)
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
@@ -252,50 +299,90 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             return outputs_of(handlers.search_text(query, factories, product, exact, min_score, top_k,
                                                    one_per_product, group))
 
-        text_button.click(search_text, [text, *filters], shown, api_name="search_text")
+        # Public endpoints are registered before the private events that reuse their functions:
+        # Gradio names an event after its function, and a later public one would become /search_text_1.
+        gr.Button(visible=False).click(search_text, [gr.Textbox(visible=False, label="query"), *api_filters],
+                                       api_shown, api_name="search_text")
+        text_button.click(search_text, [text, *filters], shown, api_visibility="private")
         text.submit(search_text, [text, *filters], shown, api_visibility="private")
 
         def on_photo(photo):
             items, note = handlers.detect(upload_path(photo, max_upload))
-            return items, note, 0
+            return items, note, 0, ""
 
-        def search_image(photo, region: int = 0, factories: list[str] | None = None, product: str = "",
+        def search_image(photo=None, region: int = 0, factories: list[str] | None = None, product: str = "",
                          exact: bool = False, min_score: float = 0.0, top_k: int = 24,
-                         one_per_product: bool = False, group: str = ""):
-            """Search by a photo: a detected shoe in it, or the whole photo.
+                         one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
+                         not_text: str = "", image_url: str = ""):
+            """Search by a photo: a detected shoe in it, or the whole photo; optionally plus and minus words.
 
             Args:
-                photo: the query photo (gradio_client: handle_file(path or URL))
+                photo: the query photo (gradio_client: handle_file(path or URL)); None to use image_url
                 region: 0 = the most confident detected shoe, 1 = the next, ..., -1 = the whole photo
                 factories: only these factories (empty: all)
                 product: product id filter ("" = none); a substring unless exact
                 exact: the product id must equal `product`
                 min_score: leave out results below this cosine similarity (0 = off)
                 top_k: how many results (1-200)
-                one_per_product: keep only the best crop of each product
+                one_per_product: keep only the best crop of each product (captioned "+n more crops")
                 group: only crops of this duplicate group id ("" = none)
+                text: words to add, comma-separated ("red, patent leather"): like this photo, but ...
+                text_weight: weight of each word against the photo, which weighs 1 (0-5)
+                not_text: words to avoid, comma-separated ("suede")
+                image_url: an http(s) URL the server fetches the photo from, when `photo` is None
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.search_image(upload_path(photo, max_upload), region, factories, product,
-                                                    exact, min_score, top_k, one_per_product, group))
+                                                    exact, min_score, top_k, one_per_product, group, text,
+                                                    text_weight, not_text, image_url))
 
-        photo_inputs = [photo, region, *filters]
-        # Public endpoints are registered before the private events that reuse their functions:
-        # Gradio names an event after its function, and a later public one would become /search_image_1.
-        photo_button.click(search_image, photo_inputs, shown, api_name="search_image", preprocess=False)
+        gr.Button(visible=False).click(
+            search_image, [gr.Image(visible=False, type="filepath", label="photo"),
+                           gr.Number(0, precision=0, visible=False, label="region"), *api_filters, *api_words,
+                           gr.Textbox("", visible=False, label="image_url")],
+            api_shown, api_name="search_image", preprocess=False)
+
+        words = [words_add, words_weight, words_avoid]
+
+        def search_photo(photo, region, crop_id, factories, product, exact, min_score, top_k, one_per_product, group,
+                         text, text_weight, not_text):
+            """The page's photo search: the indexed crop picked with "Search with it + words", else the photo."""
+            if crop_id:
+                return outputs_of(handlers.more_like_this(crop_id, factories, product, exact, min_score, top_k,
+                                                          one_per_product, group, text, text_weight, not_text))
+            return search_image(photo, region, factories, product, exact, min_score, top_k, one_per_product, group,
+                                text, text_weight, not_text)
+
+        photo_inputs = [photo, region, crop_query, *filters, *words]
+        photo_button.click(search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
+        words_add.submit(search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
+        words_avoid.submit(search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
         # Upload -> detected shoes shown -> search at once with the best one; a click on another
         # detected shoe searches with that one.
-        photo.upload(on_photo, [photo], [regions, detect_note, region], api_visibility="private",
-                     preprocess=False).then(search_image, photo_inputs, shown, api_visibility="private",
+        photo.upload(on_photo, [photo], [regions, detect_note, region, crop_query], api_visibility="private",
+                     preprocess=False).then(search_photo, photo_inputs, shown, api_visibility="private",
                                             preprocess=False)
-        photo.clear(lambda: ([], "", 0), None, [regions, detect_note, region], api_visibility="private")
+        photo.clear(lambda: ([], "", 0, ""), None, [regions, detect_note, region, crop_query],
+                    api_visibility="private")
+
+        def fetch_url(url, *filters_and_words):
+            """A photo by URL: shown in the photo box, its shoes detected, searched with the first."""
+            fetched, items, note = handlers.fetch_url(url)
+            if fetched is None:
+                return None, [], note, 0, "", [], [], note, []
+            found = handlers.search_image(fetched, 0, *filters_and_words)
+            return fetched, items, note, 0, "", *outputs_of(found)
+
+        url_outputs = [photo, regions, detect_note, region, crop_query, *shown]
+        url_button.click(fetch_url, [image_url, *filters, *words], url_outputs, api_visibility="private")
+        image_url.submit(fetch_url, [image_url, *filters, *words], url_outputs, api_visibility="private")
 
         def pick_region(evt: gr.SelectData):
             return evt.index
 
         regions.select(pick_region, None, region, api_visibility="private").then(
-            search_image, photo_inputs, shown, api_visibility="private", preprocess=False)
+            search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
 
         def select_hit(hits, evt: gr.SelectData):
             return handlers.hit_detail(hits, evt.index)
@@ -304,8 +391,10 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                        js=SCROLL_TO_DETAIL)
 
         def more_like_this(point_id: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
-                           min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = ""):
-            """Crops most like an indexed crop (by its point id), the crop itself left out.
+                           min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "",
+                           text: str = "", text_weight: float = 1.0, not_text: str = ""):
+            """Crops most like an indexed crop (by its point id), the crop itself left out; optionally
+            plus and minus words.
 
             Args:
                 point_id: an indexed crop's id (a hit's point_id)
@@ -314,18 +403,76 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 exact: the product id must equal `product`
                 min_score: leave out results below this cosine similarity (0 = off)
                 top_k: how many results (1-200)
-                one_per_product: keep only the best crop of each product
+                one_per_product: keep only the best crop of each product (captioned "+n more crops")
                 group: only crops of this duplicate group id ("" = none)
+                text: words to add, comma-separated ("red"): like this crop, but ...
+                text_weight: weight of each word against the crop, which weighs 1 (0-5)
+                not_text: words to avoid, comma-separated ("suede")
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.more_like_this(point_id, factories, product, exact, min_score, top_k,
-                                                      one_per_product, group))
+                                                      one_per_product, group, text, text_weight, not_text))
 
         # By point id, for scripts; the button below runs the same with the selected result.
-        more_api_id = gr.Textbox(visible=False, label="point_id")
-        gr.Button(visible=False).click(more_like_this, [more_api_id, *filters], shown, api_name="more_like_this")
+        gr.Button(visible=False).click(more_like_this, [gr.Textbox(visible=False, label="point_id"), *api_filters,
+                                                        *api_words], api_shown, api_name="more_like_this")
         more_button.click(more_like_this, [selected_id, *filters], shown, api_visibility="private")
+
+        def use_crop(point_id, hits, *filters_and_words):
+            """The selected result becomes the photo query (its stored vector), searched with the words."""
+            thumbnail, note = handlers.crop_as_query(point_id, hits)
+            if thumbnail is None:  # nothing selected: say so where the person is looking
+                return gr.Tabs(), *[gr.skip()] * 5, gr.skip(), gr.skip(), note, gr.skip()
+            found = handlers.more_like_this(point_id, *filters_and_words)
+            return gr.Tabs(selected="by-photo"), thumbnail, [], note, 0, point_id, *outputs_of(found)
+
+        use_crop_button.click(use_crop, [selected_id, hits_state, *filters, *words],
+                              [query_tabs, photo, regions, detect_note, region, crop_query, *shown],
+                              api_visibility="private", js=SCROLL_TO_QUERY)
+
+        def refine(liked: list[str] | None = None, disliked: list[str] | None = None,
+                   factories: list[str] | None = None, product: str = "", exact: bool = False, min_score: float = 0.0,
+                   top_k: int = 24, one_per_product: bool = False, group: str = ""):
+            """Crops like the liked ones and unlike the disliked ones (Qdrant's recommend query over
+            their stored vectors: average_vector with a like, best_score with dislikes only).
+
+            Args:
+                liked: point ids of indexed crops to find more like
+                disliked: point ids of indexed crops to move away from
+                factories: only these factories (empty: all)
+                product: product id filter ("" = none); a substring unless exact
+                exact: the product id must equal `product`
+                min_score: leave out results below this cosine similarity (0 = off)
+                top_k: how many results (1-200)
+                one_per_product: keep only the best crop of each product (captioned "+n more crops")
+                group: only crops of this duplicate group id ("" = none)
+            Returns:
+                gallery (thumbnail, caption), status line, hits (point_id, score, payload)
+            """
+            return outputs_of(handlers.refine(liked, disliked, factories, product, exact, min_score, top_k,
+                                              one_per_product, group))
+
+        api_examples = [gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True, visible=False,
+                                    label=name) for name in ("liked", "disliked")]
+        gr.Button(visible=False).click(refine, [*api_examples, *api_filters], api_shown, api_name="refine")
+        refine_button.click(refine, [liked, disliked, *filters], shown, api_visibility="private",
+                            js=SCROLL_TO_RESULTS)
+
+        def mark(liked_ids, disliked_ids, labels, point_id, hits, like: bool):
+            liked_ids, disliked_ids, labels, note = handlers.mark(liked_ids, disliked_ids, labels, point_id, hits, like)
+            choices = [(label, point_id) for point_id, label in labels.items()]
+            return (gr.Dropdown(choices=choices, value=liked_ids), gr.Dropdown(choices=choices, value=disliked_ids),
+                    labels, note)
+
+        marked = [liked, disliked, labels_state, feedback_note]
+        like_button.click(lambda a, b, c, d, e: mark(a, b, c, d, e, True),
+                          [liked, disliked, labels_state, selected_id, hits_state], marked, api_visibility="private")
+        dislike_button.click(lambda a, b, c, d, e: mark(a, b, c, d, e, False),
+                             [liked, disliked, labels_state, selected_id, hits_state], marked,
+                             api_visibility="private")
+        clear_button.click(lambda: (gr.Dropdown(choices=[], value=[]), gr.Dropdown(choices=[], value=[]), {}, ""),
+                           None, marked, api_visibility="private")
 
         def find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_, progress=gr.Progress()):
             found = handlers.find_duplicates(dup_t, sim_t, scope_, chosen, level_, linkage_,
@@ -427,7 +574,8 @@ def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
                                head_index=head, background_remover=ingest.background_remover)
         info = store.info()
         if info is not None:  # before any model loads: a mismatch is known from the names
-            check_model(info, store.collection, store.location, ingest.embedder.model_id, None)
+            check_model(info, store.collection, store.location, ingest.embedder.model_id, None,
+                        ingest.embedder.text_model_id)
         if preload:  # both models at once: start-up is mostly loading them
             from concurrent.futures import ThreadPoolExecutor
 

@@ -19,6 +19,7 @@ from core.errors import BadImage, ShoeSearchError
 from core.images import PHOTO_EXTENSIONS, load_photo
 from core.ingest_service import IngestService
 from core.models import Hit
+from core.query_mix import terms
 from core.search_service import SearchService, index_stats
 from core.settings import Settings
 from core.store import Contains, Store
@@ -205,7 +206,8 @@ class Handlers:
         stats = index_stats(self.store)
         lines = [
             f"**Store:** {stats['location']} (collection `{stats['collection']}`)  ",
-            f"**Model:** {stats['model'] or '-'} ({stats['dimension'] or '-'}-d)  ",
+            f"**Model:** {stats['model'] or '-'} ({stats['dimension'] or '-'}-d)"
+            + (f", text queries by {_md_escape(stats['text_model'])}" if stats.get("text_model") else "") + "  ",
             f"**Indexed:** {stats['points']} crops from {stats['photos']} photos",
             "",
             "| factory | photos | crops |",
@@ -232,18 +234,40 @@ class Handlers:
 
     # ------------------------------------------------------------------ searches
 
-    def _results(self, run: Callable[[int], list[Hit]], top_k: int, one_per_product: bool, what: str) -> Results:
+    def _results(self, run: Callable[[int], list[Hit]], top_k: int, one_per_product: bool, what: str,
+                 where=None) -> Results:
+        """Run a search and shape what the page shows. With `one_per_product`, each product once at its
+        best crop, captioned with how many other crops of it the index holds within `where`."""
         top_k = max(1, min(int(top_k), 200))
+        more: dict[tuple[str, str], int] = {}
         try:
             found = run(min(1000, top_k * OVERFETCH) if one_per_product else top_k)
             hits = best_per_product(found, top_k) if one_per_product else found
+            more = self._other_crops(hits, where) if one_per_product else {}
         except ShoeSearchError as exc:
             return Results([], [], f"⚠️ {exc}")
-        gallery = [(self._thumbnail(h), self._caption(h)) for h in hits]
-        status = f"{len(hits)} results for {what}" if hits else f"No results for {what}: loosen the filters or the minimum similarity."
+        gallery = [(self._thumbnail(h), self._caption(h, more.get((h.factory, h.product_id), 0))) for h in hits]
+        if hits:
+            status = (f"{len(hits)} results for {what}" + (" (one per product)" if one_per_product else "")
+                      + "  \n" + _factory_line(hits))
+        else:
+            status = f"No results for {what}: loosen the filters or the minimum similarity."
         if getattr(found, "notice", ""):  # a text query longer than the model reads
             status += f"\n\n⚠️ {_md_escape(found.notice)}"
         return Results(gallery, [_record(h) for h in hits], status)
+
+    def _other_crops(self, hits: Sequence[Hit], where) -> dict[tuple[str, str], int]:
+        """(factory, product) -> how many more crops of that product lie within `where` (one facet
+        query per factory shown)."""
+        products: dict[str, set[str]] = {}
+        for hit in hits:
+            products.setdefault(hit.factory, set()).add(hit.product_id)
+        counts: dict[tuple[str, str], int] = {}
+        for factory, ids in products.items():
+            scope = {**(where or {}), "factory": [factory], "product_id": sorted(ids)}
+            for product, count in self.store.facet("product_id", where=scope).items():
+                counts[(factory, product)] = max(0, count - 1)
+        return counts
 
     def search_text(self, text: str, factories: Sequence[str] | None = None, product: str = "",
                     product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
@@ -251,7 +275,7 @@ class Handlers:
         where = self._where(factories, product, product_exact, group)
         return self._results(
             lambda k: self.search.search_text(text, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, f"“{_md_escape((text or '').strip())}”")
+            top_k, one_per_product, f"“{_md_escape((text or '').strip())}”", where)
 
     def _query_crops(self, image: Image.Image | str | Path):
         if isinstance(image, (str, Path)):
@@ -273,31 +297,108 @@ class Handlers:
 
     def search_image(self, image: Image.Image | str | None, region: int = 0, factories: Sequence[str] | None = None,
                      product: str = "", product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
-                     one_per_product: bool = False, group: str = "") -> Results:
-        """Search with region `region` of the photo (0 = best detection, -1 = whole photo)."""
+                     one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
+                     not_text: str = "", image_url: str = "") -> Results:
+        """Search with region `region` of the photo (0 = best detection, -1 = whole photo), plus the
+        words in `text` and minus those in `not_text` (comma-separated) at `text_weight`. Without a
+        photo, the one at `image_url` is fetched."""
+        if image is None and (image_url or "").strip():
+            try:
+                image = self.fetch_url_photo(image_url)
+            except ShoeSearchError as exc:
+                return Results([], [], f"⚠️ {exc}")
         if image is None:
             return Results([], [], "⚠️ Upload or paste a photo first.")
         try:
+            words = terms(text, not_text, text_weight)
             crops = self._query_crops(image)
-        except (BadImage, ShoeSearchError) as exc:
+        except BadImage as exc:
             return Results([], [], f"⚠️ That photo cannot be used: {exc}")
+        except ShoeSearchError as exc:
+            return Results([], [], f"⚠️ {exc}")
         region = int(region) if region is not None else 0
         index = region % len(crops) if -len(crops) <= region < len(crops) else 0
         crop = crops[index]
         where = self._where(factories, product, product_exact, group)
         return self._results(
-            lambda k: self.search.search_image(crop.image, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, f"the photo ({_region_label(index, crops)})")
+            lambda k: self.search.search_image(crop.image, where=where, top_k=k, min_score=_min_score(min_score),
+                                               words=words),
+            top_k, one_per_product, f"the photo ({_region_label(index, crops)}){_words_label(words)}", where)
+
+    def fetch_url_photo(self, url: str) -> Image.Image:
+        """The photo at an http(s) URL, within the IMAGE_URL* limits (ShoeSearchError otherwise)."""
+        from core.image_urls import UrlLimits, fetch_photo
+
+        return fetch_photo(url, UrlLimits.from_settings(self.settings), self.settings.max_image_pixels)
+
+    def fetch_url(self, url: str) -> tuple[Image.Image | None, list[tuple[Image.Image, str]], str]:
+        """For the page: the photo at `url` (to show in the photo box), its detected shoes and a note."""
+        try:
+            photo = self.fetch_url_photo(url)
+        except ShoeSearchError as exc:
+            return None, [], f"⚠️ {exc}"
+        regions, note = self.detect(photo)
+        return photo, regions, note
 
     def more_like_this(self, point_id: str | None, factories: Sequence[str] | None = None, product: str = "",
                        product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
-                       one_per_product: bool = False, group: str = "") -> Results:
+                       one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
+                       not_text: str = "") -> Results:
         if not point_id:
             return Results([], [], "⚠️ Select a result first.")
+        try:
+            words = terms(text, not_text, text_weight)
+        except ShoeSearchError as exc:
+            return Results([], [], f"⚠️ {exc}")
         where = self._where(factories, product, product_exact, group)
         return self._results(
-            lambda k: self.search.more_like_this(point_id, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, "more like the selected crop (the crop itself left out)")
+            lambda k: self.search.more_like_this(point_id, where=where, top_k=k, min_score=_min_score(min_score),
+                                                 words=words),
+            top_k, one_per_product, f"more like the selected crop (the crop itself left out){_words_label(words)}",
+            where)
+
+    def refine(self, liked: Sequence[str] | None, disliked: Sequence[str] | None,
+               factories: Sequence[str] | None = None, product: str = "", product_exact: bool = False,
+               min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "") -> Results:
+        """Crops like the liked ones and unlike the disliked ones (point ids), within the filters."""
+        liked, disliked = list(liked or []), list(disliked or [])
+        where = self._where(factories, product, product_exact, group)
+        what = f"{len(liked)} liked and {len(disliked)} disliked crops (those left out)"
+        return self._results(
+            lambda k: self.search.refine(liked, disliked, where=where, top_k=k, min_score=_min_score(min_score)),
+            top_k, one_per_product, what, where)
+
+    def crop_as_query(self, point_id: str | None, hits: Sequence[HitRecord] | None) -> tuple[str | None, str]:
+        """The selected result as the photo query: its thumbnail (to show in the photo box) and a note."""
+        hit = next((h for h in hits or [] if point_id and h["point_id"] == point_id), None)
+        if hit is None:
+            return None, "⚠️ Click a result first, then search with it."
+        payload = hit["payload"]
+        return self._thumbnail(Hit(hit["point_id"], hit["score"], payload)), (
+            f"Searching with the indexed crop {_md_escape(payload.get('factory', ''))} · "
+            f"{_md_escape(payload.get('product_id', ''))} (its stored vector, itself left out): add words below "
+            f"and search again; upload a photo to search with that instead.")
+
+    @staticmethod
+    def mark(liked: Sequence[str] | None, disliked: Sequence[str] | None, labels: dict[str, str] | None,
+             point_id: str | None, hits: Sequence[HitRecord] | None, like: bool
+             ) -> tuple[list[str], list[str], dict[str, str], str]:
+        """Add the selected crop to the liked (or disliked) list, taking it off the other one.
+        Returns both lists, the labels of every crop marked so far, and a note."""
+        liked, disliked, labels = list(liked or []), list(disliked or []), dict(labels or {})
+        if not point_id:
+            return liked, disliked, labels, "⚠️ Click a result first, then 👍 or 👎."
+        hit = next((h for h in hits or [] if h["point_id"] == point_id), None)
+        if hit is not None:
+            labels[point_id] = f"{hit['payload'].get('factory', '')} · {hit['payload'].get('product_id', '')}"
+        labels.setdefault(point_id, point_id[:8])
+        add, other = (liked, disliked) if like else (disliked, liked)
+        if point_id in other:
+            other.remove(point_id)
+        if point_id not in add:
+            add.append(point_id)
+        return liked, disliked, labels, (f"{'👍 liked' if like else '👎 disliked'} {labels[point_id]}: "
+                                         f"Refine searches with {len(liked)} liked and {len(disliked)} disliked.")
 
     def search_group(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None) -> Results:
         """Every crop of one duplicate group, the representative first, then by similarity to it."""
@@ -308,7 +409,7 @@ class Handlers:
         where = {group_payload_key(group["id"]): [group["id"]]}
         return self._results(
             lambda k: self.search.more_like_this(representative, where=where, top_k=k, include_self=True),
-            max(group["size"], 1), False, f"duplicate group {_md_escape(group['id'])}")
+            max(group["size"], 1), False, f"duplicate group {_md_escape(group['id'])}", where)
 
     # ------------------------------------------------------------------ result detail
 
@@ -356,8 +457,12 @@ class Handlers:
         return path
 
     @staticmethod
-    def _caption(hit: Hit) -> str:
-        return f"{hit.factory} · {hit.product_id} · {hit.score:.3f}"
+    def _caption(hit: Hit, more: int = 0) -> str:
+        """'factory · product · 0.912', and ' · +3 more crops' when grouped by product."""
+        caption = f"{hit.factory} · {hit.product_id} · {hit.score:.3f}"
+        if more:
+            caption += f" · +{more} more crop{'s' if more > 1 else ''}"
+        return caption
 
     # ------------------------------------------------------------------ duplicates
 
@@ -663,6 +768,23 @@ def _region_label(index: int, crops: Sequence[Any]) -> str:
     if crop.detection is None:
         return "whole photo"
     return f"shoe {index + 1} of {len(crops) - 1} · {crop.label}"
+
+
+def _factory_line(hits: Sequence[Hit]) -> str:
+    """'by factory: factory_a 5 · factory_b 3' (most hits first): where this query's results come from."""
+    counts: dict[str, int] = {}
+    for hit in hits:
+        counts[hit.factory] = counts.get(hit.factory, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return "by factory: " + " · ".join(f"{_md_escape(name)} {count}" for name, count in ordered)
+
+
+def _words_label(words: Sequence[Any]) -> str:
+    """' + “red” − “suede” (words ×1)' for a status line (escaped); '' without words."""
+    if not words:
+        return ""
+    shown = " ".join(("+ " if w.weight >= 0 else "− ") + f"“{_md_escape(w.text)}”" for w in words)
+    return f" {shown} (words ×{abs(words[0].weight):g})"
 
 
 def _min_score(value: float | None) -> float | None:

@@ -247,3 +247,66 @@ def test_edge_reads_its_record_once(tmp_path, monkeypatch):
         assert again.info().dimension == DIM
     finally:
         again.close()
+
+
+def _numpy_recommend(matrix, positive, negative, strategy):
+    """Qdrant's recommend scores, written out in numpy (cosine on unit vectors = dot product)."""
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    if strategy == "average_vector":
+        mean = np.mean(positive, axis=0)
+        target = 2 * mean - np.mean(negative, axis=0) if len(negative) else mean
+        return matrix @ unit(target)
+    pos = matrix @ np.asarray(positive).T if len(positive) else np.zeros((len(matrix), 0))
+    neg = matrix @ np.asarray(negative).T if len(negative) else np.zeros((len(matrix), 0))
+    if strategy == "sum_scores":
+        return pos.sum(axis=1) - neg.sum(axis=1)
+    best_pos = pos.max(axis=1) if pos.shape[1] else np.full(len(matrix), -np.inf)
+    best_neg = neg.max(axis=1) if neg.shape[1] else np.full(len(matrix), -np.inf)
+    sigmoid = lambda x: 0.5 * (x / (1 + np.abs(x)) + 1)  # noqa: E731
+    with np.errstate(invalid="ignore"):  # sigmoid(-inf) is never picked
+        return np.where(best_pos > best_neg, sigmoid(best_pos), -sigmoid(best_neg))
+
+
+@pytest.mark.parametrize("strategy", ["average_vector", "best_score", "sum_scores"])
+def test_recommend_equals_numpy(store, strategy):
+    """Likes and dislikes (as vectors): the same ranking and scores as Qdrant's formulas in numpy,
+    filtered or not, on both backends."""
+    rng = np.random.default_rng(11)
+    points = _points(1500, rng)
+    store.ensure_collection("m", DIM)
+    store.upsert(points)
+    store.optimize()
+    matrix = np.stack([p.vector for p in points])
+    factories = np.array([p.payload["factory"] for p in points])
+    examples = [(points[1:3], points[10:11]), (points[5:6], []), (points[7:10], points[20:22])]
+    if strategy != "average_vector":
+        examples.append(([], points[30:32]))  # dislikes only: only the score strategies take them
+    for liked, disliked in examples:
+        positive = [p.vector for p in liked]
+        negative = [p.vector for p in disliked]
+        scores = _numpy_recommend(matrix, positive, negative, strategy)
+        for allowed in (None, ["b", "c"]):
+            mask = np.isin(factories, allowed) if allowed else np.ones(len(points), bool)
+            masked = np.where(mask, scores, -np.inf)
+            order = np.argsort(-masked, kind="stable")[:15]
+            hits = store.recommend(positive, negative, where={"factory": allowed} if allowed else None,
+                                   limit=15, strategy=strategy)
+            np.testing.assert_allclose([h.score for h in hits], masked[order], rtol=1e-4, atol=1e-4)
+            # Liked points score alike (each is its own best positive): ties may come in any order.
+            tie_free = lambda pairs: sorted(pairs, key=lambda p: (-round(p[1], 4), p[0]))  # noqa: E731
+            assert tie_free([(h.point_id, h.score) for h in hits]) == \
+                [(a, pytest.approx(b, abs=1e-4)) for a, b in tie_free([(points[i].id, masked[i]) for i in order])]
+            assert all(h.factory in (allowed or "abcd") for h in hits)
+    threshold = store.recommend([points[1].vector], [], limit=100, score_threshold=0.6, strategy=strategy)
+    assert threshold and all(h.score >= 0.6 for h in threshold)
+
+
+def test_recommend_without_examples_or_with_an_unknown_strategy_is_refused(store):
+    store.ensure_collection("m", DIM)
+    store.upsert(_points(5, np.random.default_rng(12)))
+    with pytest.raises(ValueError, match="at least one example"):
+        store.recommend([], [])
+    with pytest.raises(ValueError, match="unknown recommend strategy"):
+        store.recommend([np.ones(DIM)], [], strategy="mean")
+    with pytest.raises(ValueError, match="average_vector needs at least one positive"):
+        store.recommend([], [np.ones(DIM)], strategy="average_vector")

@@ -73,3 +73,34 @@ def build_tiny_yolo(path: Path) -> Path:
     model.model.names = dict(enumerate(FOOTWEAR_NAMES))
     model.save(str(path))
     return path
+
+
+def build_tiny_multilingual_text_model(directory: Path, dimension: int = 16, seed: int = 1) -> Path:
+    """A tiny text encoder of the same structure as sentence-transformers' clip-ViT-B-32-multilingual-v1
+    (DistilBERT, mean pooling, a dense layer without bias to the CLIP dimension), random weights,
+    with a character-level WordPiece vocabulary that covers accented Latin, Greek and Cyrillic.
+    Loadable by SentenceTransformer(directory)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bert_dir = directory / "bert"
+    bert_dir.mkdir(exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyzàáâäçèéêëìíîïñòóôöùúûüßøåæ0123456789-'" \
+              "αβγδεζηθικλμνξοπρστυφχψωабвгдежзийклмнопрстуфхцчшщъыьэюя"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
+    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = DistilBertTokenizer(str(bert_dir / "vocab.txt"), do_lower_case=True, strip_accents=False)
+    torch.manual_seed(seed)
+    config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=37,
+                              max_position_embeddings=128)
+    DistilBertModel(config).save_pretrained(bert_dir)
+    tokenizer.save_pretrained(bert_dir)
+    transformer = models.Transformer(str(bert_dir), max_seq_length=64)
+    width = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
+    pooling = models.Pooling(width, "mean")
+    dense = models.Dense(width, dimension, bias=False,
+                         activation_function=torch.nn.Identity())
+    SentenceTransformer(modules=[transformer, pooling, dense], device="cpu").save(str(directory))
+    return directory

@@ -81,9 +81,9 @@ def test_photo_search_upload_detect_pick_and_search(served, page_of, shot, tmp_p
     regions = captions(page, "query-regions")
     expect()(regions).to_have_count(3)
     assert regions.all_inner_texts() == ["shoe 1 of 2 · Footwear 0.90", "shoe 2 of 2 · Footwear 0.90", "whole photo"]
-    # The search runs at once with the first shoe.
-    expect()(page.locator("#status")).to_contain_text("24 results for the photo (shoe 1 of 2", timeout=WAIT)
-    expect()(captions(page, "results")).to_have_count(24)
+    # The search runs at once with the first shoe; results come one per product (12 products).
+    expect()(page.locator("#status")).to_contain_text("12 results for the photo (shoe 1 of 2", timeout=WAIT)
+    expect()(captions(page, "results")).to_have_count(12)
     first_run = raw_hits(page)
 
     regions.nth(1).click()  # the other shoe
@@ -180,7 +180,7 @@ def test_text_search_filters_detail_card_and_more_like_this(served, page_of, sho
     page = page_of(served)
     run_text_search(page, "red leather boot")
     results = captions(page, "results")
-    expect()(results).to_have_count(24)
+    expect()(results).to_have_count(12)  # one per product by default
     unfiltered = {c.split(" · ")[0] for c in results.all_inner_texts()}
     assert len(unfiltered) >= 2 and unfiltered <= {"factory_a", "factory_b", "factory_c"}
     assert_captions_not_cut(page, "results")
@@ -216,20 +216,36 @@ def test_text_search_filters_detail_card_and_more_like_this(served, page_of, sho
     assert hits and selected not in hits
 
 
-def test_one_result_per_product(served, page_of, shot):
+def test_results_by_product_by_default_and_every_crop_when_unticked(served, page_of, shot, handlers):
     page = page_of(served)
     page.locator("#top-k input[type=number]").fill("30")
     page.locator("#top-k input[type=number]").press("Enter")
+    expect()(page.locator("#one-per-product input")).to_be_checked()
     run_text_search(page, "shoe")
-    every = captions(page, "results").all_inner_texts()
-    products = [tuple(c.split(" · ")[:2]) for c in every]
-    assert len(products) > len(set(products))  # several crops of one product without the option
-    page.locator("#one-per-product input").check()
-    page.locator("#search-text-button").click()
-    expect()(captions(page, "results")).to_have_count(12, timeout=WAIT)  # 3 factories x 4 products
-    products = [tuple(c.split(" · ")[:2]) for c in captions(page, "results").all_inner_texts()]
+    # Grouped: 3 factories x 4 products, each once, its caption counting the product's other crops.
+    expect()(captions(page, "results")).to_have_count(12, timeout=WAIT)
+    grouped = captions(page, "results").all_inner_texts()
+    products = [tuple(c.split(" · ")[:2]) for c in grouped]
     assert len(products) == len(set(products)) == 12
+    for caption, (factory, product) in zip(grouped, products):
+        others = handlers.store.count({"factory": [factory], "product_id": [product]}) - 1
+        assert caption.endswith(f" · +{others} more crops"), caption
+    expect()(page.locator("#status")).to_contain_text("12 results for “shoe” (one per product)")
+    expect()(page.locator("#status")).to_contain_text("by factory: factory_a 4 · factory_b 4 · factory_c 4")
+    assert_captions_not_cut(page, "results")
     shot(page, "search-ui")
+    # Unticked: every crop, several of one product, and the factory counts follow the query.
+    page.locator("#one-per-product input").uncheck()
+    page.locator("#search-text-button").click()
+    expect()(captions(page, "results")).to_have_count(30, timeout=WAIT)
+    every = [tuple(c.split(" · ")[:2]) for c in captions(page, "results").all_inner_texts()]
+    assert len(every) > len(set(every))
+    assert all("more crop" not in c for c in captions(page, "results").all_inner_texts())
+    counts = {}
+    for factory, _ in every:
+        counts[factory] = counts.get(factory, 0) + 1
+    line = " · ".join(f"{f} {n}" for f, n in sorted(counts.items(), key=lambda c: (-c[1], c[0])))
+    expect()(page.locator("#status")).to_contain_text(f"30 results for “shoe”by factory: {line}")
 
 
 # --------------------------------------------------------------------------- duplicates
@@ -431,7 +447,7 @@ def test_login_form_first_then_the_app(login_app, page_of, shot):
     page.get_by_role("button", name="Login").click()
     expect()(page.locator("#query-text textarea")).to_be_visible(timeout=WAIT)
     run_text_search(page, "boot")
-    expect()(captions(page, "results")).to_have_count(24)
+    expect()(captions(page, "results")).to_have_count(12)
     shot(page, "after-login", full_page=False)
 
 
@@ -443,3 +459,127 @@ def small_upload_app(ui_settings, handlers):
     demo = launch(settings, handlers, block=False)
     yield f"http://127.0.0.1:{settings.ui_port}/"
     demo.close()
+
+
+# --------------------------------------------------------------------------- photo + words, URL, likes
+
+
+def crop_id_of_card(page) -> str:
+    return re.search(r"Crop id\s*([0-9a-f-]{36})", page.locator("#detail-card").inner_text()).group(1)
+
+
+def test_photo_plus_words(served, page_of, sample, shot):
+    page = page_of(served)
+    page.get_by_role("tab", name="By photo").click()
+    page.locator("#query-photo input[type=file]").set_input_files(str(sample.photos[0].path))
+    expect()(page.locator("#status")).to_contain_text("results for the photo (shoe 1 of 1", timeout=WAIT)
+    plain = raw_hits(page)
+    page.locator("#words-add textarea").fill("red, patent")
+    page.locator("#words-avoid textarea").fill("suede")
+    page.locator("#words-weight input[type=number]").fill("0.5")
+    page.locator("#words-weight input[type=number]").press("Enter")
+    page.locator("#search-photo-button").click()
+    expect()(page.locator("#status")).to_contain_text(
+        "results for the photo (shoe 1 of 1 · Footwear 0.90) + “red” + “patent” − “suede” (words ×0.5)", timeout=WAIT)
+    assert raw_hits(page) != plain
+    shot(page, "photo-words")
+    # Enter in a words box searches too.
+    page.locator("#words-avoid textarea").fill("")
+    page.locator("#words-add textarea").press("Enter")
+    expect()(page.locator("#status")).to_contain_text("+ “red” + “patent” (words ×0.5) (one per product)by factory", timeout=WAIT)
+
+
+def test_a_result_as_the_query_photo_plus_words(served, page_of, sample):
+    page = page_of(served)
+    run_text_search(page, "boot")
+    captions(page, "results").nth(1).click()
+    expect()(page.locator("#detail-card")).to_contain_text("Crop id", timeout=WAIT)
+    chosen = crop_id_of_card(page)
+    page.locator("#use-crop").click()
+    expect()(page.get_by_role("tab", name="By photo")).to_have_attribute("aria-selected", "true", timeout=WAIT)
+    expect()(page.locator("#detect-note")).to_contain_text("Searching with the indexed crop", timeout=WAIT)
+    expect()(page.locator("#query-photo img")).to_be_visible()
+    expect()(page.locator("#status")).to_contain_text("more like the selected crop (the crop itself left out)",
+                                                      timeout=WAIT)
+    page.locator("#words-add textarea").fill("red")
+    page.locator("#search-photo-button").click()
+    expect()(page.locator("#status")).to_contain_text(
+        "more like the selected crop (the crop itself left out) + “red” (words ×1)", timeout=WAIT)
+    assert chosen not in raw_hits(page)
+    # A photo uploaded afterwards replaces the crop as the query.
+    page.locator("#query-photo button[aria-label='Remove Image']").click()
+    page.locator("#query-photo input[type=file]").set_input_files(str(sample.photos[3].path))
+    expect()(page.locator("#status")).to_contain_text("results for the photo (shoe 1 of 1", timeout=WAIT)
+
+
+def test_photo_by_url(served, page_of, handlers, sample, shot):
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(sample.root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    photo = sample.photos[6]
+    try:
+        page = page_of(served)
+        page.get_by_role("tab", name="By photo").click()
+        box = page.locator("#image-url textarea, #image-url input").first
+        box.fill(f"{base}/{photo.path.relative_to(sample.root)}")
+        page.locator("#fetch-url").click()  # loopback: refused unless IMAGE_URL_ALLOW_PRIVATE
+        expect()(page.locator("#status")).to_contain_text(
+            "⚠️ The image URL cannot be used: 127.0.0.1 is a loopback or private-network address", timeout=WAIT)
+        expect()(page.locator("#detect-note")).to_contain_text("IMAGE_URL_ALLOW_PRIVATE=true")
+
+        handlers.settings = handlers.settings.model_copy(update={"image_url_allow_private": True})
+        box.press("Enter")
+        expect()(page.locator("#status")).to_contain_text("results for the photo (shoe 1 of 1", timeout=WAIT)
+        expect()(captions(page, "results").first).to_contain_text(f"{photo.factory} · {photo.product_id} · 1.000")
+        expect()(page.locator("#query-photo img")).to_be_visible()
+        expect()(page.locator("#query-regions .caption-label")).to_have_count(2)
+        shot(page, "photo-by-url")
+
+        box.fill(f"{base}/nothing-here.jpg")
+        page.locator("#fetch-url").click()
+        expect()(page.locator("#status")).to_contain_text(
+            "⚠️ The image URL cannot be used: the server answered 404 File not found.", timeout=WAIT)
+        expect()(captions(page, "results")).to_have_count(0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_like_dislike_and_refine(served, page_of, shot):
+    page = page_of(served)
+    run_text_search(page, "sneaker")
+    results = captions(page, "results")
+    labels = [" · ".join(c.split(" · ")[:2]) for c in results.all_inner_texts()]
+
+    results.nth(0).click()
+    expect()(page.locator("#detail-card")).to_contain_text("Crop id", timeout=WAIT)
+    liked = crop_id_of_card(page)
+    page.locator("#like-button").click()
+    expect()(page.locator("#liked")).to_contain_text(labels[0], timeout=WAIT)
+    results.nth(3).click()
+    expect()(page.locator("#detail-card")).not_to_contain_text(liked, timeout=WAIT)
+    disliked = crop_id_of_card(page)
+    page.locator("#dislike-button").click()
+    expect()(page.locator("#disliked")).to_contain_text(labels[3], timeout=WAIT)
+    expect()(page.locator("#feedback-note")).to_contain_text("Refine searches with 1 liked and 1 disliked")
+
+    page.locator("#refine-button").click()
+    expect()(page.locator("#status")).to_contain_text(
+        "results for 1 liked and 1 disliked crops (those left out) (one per product)", timeout=WAIT)
+    hits = raw_hits(page)
+    assert hits and liked not in hits and disliked not in hits
+    shot(page, "refine")
+
+    page.locator("#clear-feedback").click()
+    expect()(page.locator("#liked")).not_to_contain_text(labels[0], timeout=WAIT)
+    expect()(page.locator("#disliked")).not_to_contain_text(labels[3])
+    page.locator("#refine-button").click()
+    expect()(page.locator("#status")).to_contain_text("⚠️ Mark results as liked or disliked first", timeout=WAIT)

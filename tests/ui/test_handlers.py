@@ -27,7 +27,8 @@ def test_text_search_gallery_captions_and_factory_filter(handlers):
     for (thumb, caption), hit in zip(results.gallery, results.hits):
         assert caption.startswith("factory_b · ") and caption.endswith(f"{hit['score']:.3f}")
         assert Path(thumb).is_file() and Path(thumb).is_relative_to(handlers.data_dir)
-    assert results.status == "10 results for “white sneaker”"
+    # The status says where the results come from, per factory, on a second line.
+    assert results.status == "10 results for “white sneaker”  \nby factory: factory\\_b 10"
 
 
 def test_one_result_per_product(handlers):
@@ -66,7 +67,8 @@ def test_photo_search_with_detected_regions(handlers, tmp_path):
     assert note.startswith("2 shoe(s) detected")
     whole = handlers.search_image(image, -1, [], top_k=3)
     first = handlers.search_image(image, 0, ["factory_c"], top_k=3)
-    assert whole.status.endswith("(whole photo)") and first.status.endswith("(shoe 1 of 2 · Footwear 0.90)")
+    assert whole.status.split("  \n")[0].endswith("(whole photo)")
+    assert first.status == "3 results for the photo (shoe 1 of 2 · Footwear 0.90)  \nby factory: factory\\_c 3"
     assert {h["payload"]["factory"] for h in first.hits} == {"factory_c"}
 
 
@@ -121,7 +123,13 @@ def test_more_like_this_leaves_the_query_crop_out(handlers):
     target = handlers.search_text("sandal", ["factory_a"], top_k=1).hits[0]
     results = handlers.more_like_this(target["point_id"], [], top_k=5)
     assert len(results.hits) == 5 and target["point_id"] not in {h["point_id"] for h in results.hits}
-    assert results.status == "5 results for more like the selected crop (the crop itself left out)"
+    first_line, factories = results.status.split("  \n")
+    assert first_line == "5 results for more like the selected crop (the crop itself left out)"
+    counts = {}
+    for hit in results.hits:
+        counts[hit["payload"]["factory"]] = counts.get(hit["payload"]["factory"], 0) + 1
+    assert factories == "by factory: " + " · ".join(
+        f"{name.replace('_', chr(92) + '_')} {n}" for name, n in sorted(counts.items(), key=lambda c: (-c[1], c[0])))
     for bad in ("not-an-id", "' OR 1=1", "\x00", "9" * 5000):
         assert handlers.more_like_this(bad).status.startswith("⚠️ ") and "is not a crop id" in \
             handlers.more_like_this(bad).status
@@ -254,7 +262,7 @@ def test_search_within_a_group_lists_its_members_representative_first(handlers):
     results = handlers.search_group(found.groups, group["id"])
     assert [h["point_id"] for h in results.hits][0] == group["members"][0]["point_id"]
     assert {h["point_id"] for h in results.hits} == {m["point_id"] for m in group["members"]}
-    assert results.status == f"{group['size']} results for duplicate group {group['id'].replace('-', '-')}"
+    assert results.status.split("  \n")[0] == f"{group['size']} results for duplicate group {group['id']}"
     assert handlers.search_group(found.groups, "dup-nonexistent").status.startswith("⚠️ Pick a group first")
 
 

@@ -16,14 +16,16 @@ FILTERS = ["factories", "product", "exact", "min_score", "top_k", "one_per_produ
 
 def test_named_endpoints_with_meaningful_parameters(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) >= {"/search_text", "/search_image", "/more_like_this", "/factories"}
+    assert set(endpoints) >= {"/search_text", "/search_image", "/more_like_this", "/refine", "/factories"}
 
     def names(endpoint):
         return [p["parameter_name"] for p in endpoints[endpoint]["parameters"]]
 
     assert names("/search_text") == ["query", *FILTERS]
-    assert names("/search_image") == ["photo", "region", *FILTERS]
-    assert names("/more_like_this") == ["point_id", *FILTERS]
+    # Words and the URL are appended after the filters: positional callers keep working.
+    assert names("/search_image") == ["photo", "region", *FILTERS, "text", "text_weight", "not_text", "image_url"]
+    assert names("/more_like_this") == ["point_id", *FILTERS, "text", "text_weight", "not_text"]
+    assert names("/refine") == ["liked", "disliked", *FILTERS]
     assert names("/factories") == []
     assert endpoints["/search_text"]["description"].startswith("Search by words")
 
@@ -40,7 +42,7 @@ def test_keyword_call_as_the_readme_shows(client, handlers):
 def test_text_query_filtered_by_factory(client):
     gallery, status, hits = client.predict("black leather boot", ["factory_b"], "", False, 0.0, 8, False,
                                            api_name="/search_text")
-    assert status == "8 results for “black leather boot”"
+    assert status == "8 results for “black leather boot”  \nby factory: factory\\_b 8"
     assert len(gallery) == len(hits) == 8
     assert {h["payload"]["factory"] for h in hits} == {"factory_b"}
     assert all(item["caption"].startswith("factory_b · ") for item in gallery)
@@ -60,7 +62,7 @@ def test_more_like_this_leaves_the_point_out(client):
     _, _, hits = client.predict("sandal", [], "", False, 0.0, 1, False, api_name="/search_text")
     _, status, similar = client.predict(hits[0]["point_id"], [], "", False, 0.0, 5, False, api_name="/more_like_this")
     assert len(similar) == 5 and hits[0]["point_id"] not in {h["point_id"] for h in similar}
-    assert status == "5 results for more like the selected crop (the crop itself left out)"
+    assert status.split("  \n")[0] == "5 results for more like the selected crop (the crop itself left out)"
 
 
 def test_a_failed_request_leaves_the_app_serving(client, tmp_path):
