@@ -13,6 +13,7 @@ file lies in its upload cache), so a broken photo gets our message, not a Gradio
 import base64
 import binascii
 import logging
+import re
 import socket
 import sys
 import tempfile
@@ -626,6 +627,57 @@ class LoginThrottle:
         return bool(ok)
 
 
+EMPTY_API_INFO = b'window.gradio_api_info = {"named_endpoints": {}, "unnamed_endpoints": {}};</script>'
+
+
+class LoginPageOnly:
+    """ASGI middleware: before login, the page is the login form and nothing else.
+
+    Gradio's login page still embeds the app's API schema (`window.gradio_api_info`: endpoint
+    and parameter names, example inputs). For a page whose config says `auth_required`, that
+    script is emptied; every other response passes through untouched.
+    """
+
+    _API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "GET":
+            return await self.app(scope, receive, send)
+        start: dict = {}
+        body = bytearray()
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                headers = dict(message.get("headers") or [])
+                if not headers.get(b"content-type", b"").startswith(b"text/html"):
+                    start["passthrough"] = True
+                    await send(message)
+            elif start.get("passthrough"):
+                await send(message)
+            else:
+                body.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    page = bytes(body)
+                    if b'"auth_required":true' in page:
+                        page = self._API_INFO.sub(EMPTY_API_INFO, page, count=1)
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    headers.append((b"content-length", str(len(page)).encode()))
+                    await send({"type": "http.response.start", "status": start["status"], "headers": headers})
+                    await send({"type": "http.response.body", "body": page})
+
+        await self.app(scope, receive, capture)
+
+
+def _middleware(cls):
+    from starlette.middleware import Middleware
+
+    return Middleware(cls)
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         try:
@@ -669,6 +721,7 @@ def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
         quiet=True,  # no "set share=True" hint: this app is served from your machine, not shared links
         footer_links=["api"],
         css=CSS,
+        app_kwargs={"middleware": [_middleware(LoginPageOnly)]} if auth else None,
     )
     demo.store_host = serve_store(settings, handlers, demo)
     if block:

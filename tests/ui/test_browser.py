@@ -438,6 +438,7 @@ def test_login_form_first_then_the_app(login_app, page_of, shot):
     expect()(page.get_by_role("button", name="Login")).to_be_visible(timeout=WAIT)
     html = page.content()
     assert not re.search(r"factory_[abc]", html)  # nothing of the index before login
+    assert "search_text" not in html  # nor the API schema
     page.get_by_label("username").fill("buyer")
     page.get_by_label("password").fill("wrong")
     page.get_by_role("button", name="Login").click()

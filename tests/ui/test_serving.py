@@ -55,7 +55,8 @@ def test_without_login_nothing_is_served(ui_settings, handlers):
     thumb = handlers.data_dir / next(iter(handlers.store.scroll())).payload["crop_path"]
     try:
         page = httpx.get(url)
-        assert page.status_code == 200 and "factory_a" not in page.text  # the login form only
+        assert page.status_code == 200 and "factory_a" not in page.text  # the login form only:
+        assert "search_text" not in page.text and "window.gradio_api_info = {\"named_endpoints\": {}, \"unnamed_endpoints\": {}};" in page.text  # no API schema
         for path in ("config", "gradio_api/info", f"gradio_api/file={thumb}"):
             response = httpx.get(url + path)
             assert response.status_code in (401, 403), (path, response.status_code)
@@ -66,6 +67,7 @@ def test_without_login_nothing_is_served(ui_settings, handlers):
         assert logged_in.post(url + "login", data={"username": "buyer", "password": "s3cret-pass"}).status_code == 200
         assert logged_in.get(f"{url}gradio_api/file={thumb}").content[:2] == b"\xff\xd8"
         assert "factory_a" in logged_in.get(url + "config").text
+        assert "/search_text" in logged_in.get(url).text  # after login the page is whole again
     finally:
         demo.close()
 
