@@ -15,6 +15,9 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+# Real-browser fixtures (browser, page_of, shot): one session-wide chromium for every test file.
+pytest_plugins = ["tests.ui.browser"]
+
 from pathlib import Path  # noqa: E402
 
 import socket  # noqa: E402

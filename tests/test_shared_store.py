@@ -27,7 +27,7 @@ from gradio_client import Client
 from core.sample_catalogue import make_catalogue
 from core.store_host import PREFIX, find_host, host_file
 from tests.store_host_server import free_port
-from tests.ui.conftest import browser, needs_browser, page_of, shot  # noqa: F401 (the browser fixtures)
+from tests.ui.browser import needs_browser
 
 STORE = Path("data") / "qdrant-edge"  # DATA_DIR is `data` under each run's working folder
 

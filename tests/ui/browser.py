@@ -1,4 +1,4 @@
-"""Real-browser fixtures: Debian's chromium through Playwright, with the page's health checked.
+"""Real-browser fixtures (a pytest plugin, loaded by tests/conftest.py): Debian's chromium through Playwright, with the page's health checked.
 
 Every page opened through `page_of` records failed requests (HTTP status >= 400) and console
 errors; the test fails at teardown if any happened, so a component whose bundle does not load
