@@ -132,7 +132,7 @@ def overlap_heatmap(overlap: dict[str, Any], title: str) -> Image.Image | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    size = min(10.0, 2.5 + 0.45 * len(names))
+    size = min(10.0, max(4.6, 2.5 + 0.45 * len(names)))  # wide enough for the title beside the colour bar
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     im = ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(names)), labels=names, rotation=45, ha="right", fontsize=8)
