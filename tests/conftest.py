@@ -204,3 +204,16 @@ def served(ui_settings, handlers):
         yield f"http://127.0.0.1:{ui_settings.ui_port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture
+def small_upload_app(ui_settings, handlers):
+    """The real app with UI_MAX_UPLOAD_MB=1; yields its URL."""
+    from search_ui.app import launch
+
+    settings = ui_settings.model_copy(update={"ui_max_upload_mb": 1})
+    demo = launch(settings, handlers, block=False)
+    try:
+        yield f"http://127.0.0.1:{settings.ui_port}/"
+    finally:
+        demo.close()

@@ -7,18 +7,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 from gradio_client import Client
 
-from search_ui.app import launch
-
-
-@pytest.fixture
-def small_upload_app(ui_settings, handlers):
-    settings = ui_settings.model_copy(update={"ui_max_upload_mb": 1})
-    demo = launch(settings, handlers, block=False)
-    yield f"http://127.0.0.1:{settings.ui_port}/"
-    demo.close()
 
 
 def test_only_thumbnails_under_data_dir_are_served(served, handlers, tmp_path):

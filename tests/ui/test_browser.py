@@ -455,16 +455,6 @@ def test_login_form_first_then_the_app(login_app, page_of, shot):
     shot(page, "after-login", full_page=False)
 
 
-@pytest.fixture
-def small_upload_app(ui_settings, handlers):
-    from search_ui.app import launch
-
-    settings = ui_settings.model_copy(update={"ui_max_upload_mb": 1})
-    demo = launch(settings, handlers, block=False)
-    yield f"http://127.0.0.1:{settings.ui_port}/"
-    demo.close()
-
-
 # --------------------------------------------------------------------------- photo + words, URL, likes
 
 
