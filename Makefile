@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/python -m core.sample_catalogue $(SAMPLE)
+	$(BIN)/python -m tools.sample_catalogue $(SAMPLE)
 	@for factory in $(SAMPLE)/*/; do $(BIN)/ingest add "$$factory" || exit $$?; done
 	$(BIN)/ingest stats
 	GRADIO_ANALYTICS_ENABLED=False $(BIN)/search-ui

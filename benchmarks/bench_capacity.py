@@ -39,7 +39,7 @@ INDEXED = ("factory", "product_id", "photo_sha256", "photo_path")
 
 
 def _payload(i: int) -> dict:
-    """A crop payload as `ingest add` writes it (core.models.CropPayload), realistic lengths."""
+    """A crop payload as `ingest add` writes it (core.domain.types.CropPayload), realistic lengths."""
     sha = f"{i:064x}"
     return {"factory": f"factory_{i % 50:02d}", "product_id": f"SKU-{i // 6:08d}",
             "photo_path": f"/srv/catalogues/factory_{i % 50:02d}/SKU-{i // 6:08d}/IMG_{i:08d}.jpg",
@@ -109,7 +109,7 @@ def build(layout: str, n: int, path: str) -> dict:
 
 
 def query(layout: str, n: int, path: str, queries: int) -> dict:
-    from qdrant_edge import EdgeShard, Query, QueryRequest, QuantizationSearchParams, SearchParams
+    from qdrant_edge import EdgeShard, QuantizationSearchParams, Query, QueryRequest, SearchParams
 
     vectors, _ = clustered_vectors(n, dim=DIM, seed=1)
     rng = np.random.default_rng(2)

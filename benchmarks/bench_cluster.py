@@ -22,7 +22,7 @@ BRUTE_FORCE_MAX = 20_000  # the N x N float32 matrix: 1.6 GB at 20k, 40 GB at 10
 def case(kind: str, n: int) -> dict:
     import numpy as np
 
-    from core.clustering import ClusterSettings, Items, brute_force_pairs, cluster, exact_pairs
+    from core.duplicates.groups import ClusterSettings, Items, brute_force_pairs, cluster, exact_pairs
 
     vectors, _ = clustered_vectors(n)
     ids = [f"{i:08d}" for i in range(n)]
@@ -36,8 +36,9 @@ def case(kind: str, n: int) -> dict:
     elif kind == "brute":
         result = {"pairs": len(brute_force_pairs(vectors, 0.85))}
     elif kind == "knn":
-        from core.cluster_service import knn_candidates
-        from core.store import EdgeStore, StoredPoint
+        from core.duplicates.service import knn_candidates
+        from core.store.base import StoredPoint
+        from core.store.edge import EdgeStore
 
         with tempfile.TemporaryDirectory() as tmp:
             store = EdgeStore(Path(tmp), "bench")

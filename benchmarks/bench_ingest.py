@@ -60,8 +60,8 @@ def build_oiv7_shaped_yolo(path: Path) -> Path:
 def prepare(photos: int) -> dict[str, str]:
     """Full-size random models and generated photos, built once and cached."""
     _offline()
-    from core.sample_catalogue import make_catalogue
     from tests.tiny_models import build_tiny_clip
+    from tools.sample_catalogue import make_catalogue
 
     clip = CACHE / "clip-vit-b32-random"
     if not (clip / "config.json").exists():
@@ -120,7 +120,7 @@ def detector_alone(detector, images: list) -> float:
     """Images/s of the detection model alone on ready letterboxed tensors, as the pipeline runs it."""
     import numpy as np
 
-    from core import onnx_yolo
+    from core.vision import onnx_yolo
 
     detector.load()
     if detector._onnx is not None:
@@ -158,8 +158,8 @@ def outside_models(embedder, detector, sources: list, images: list, tmp: Path) -
     """Milliseconds per photo of the work around the models (each step alone, one thread)."""
     import numpy as np
 
-    from core import onnx_yolo
-    from core.images import file_sha256, load_photo_scaled, save_thumbnail
+    from core.vision import onnx_yolo
+    from core.vision.images import file_sha256, load_photo_scaled, save_thumbnail
 
     count = len(sources)
     steps = {}
@@ -191,7 +191,7 @@ def outside_models(embedder, detector, sources: list, images: list, tmp: Path) -
 
 def case(kind: str, paths: dict[str, str]) -> dict:
     _offline()
-    from core.catalogue import discover
+    from core.catalogue.folders import discover
 
     sources = [s for f in sorted(Path(paths["photos"]).iterdir()) for s in discover(f)]
     if kind == "baseline":
@@ -209,10 +209,10 @@ def case(kind: str, paths: dict[str, str]) -> dict:
 
     from PIL import Image
 
-    from core.detector import NoDetector, YoloDetector
-    from core.embedder import ClipEmbedder
-    from core.ingest_service import IngestService
-    from core.store import EdgeStore
+    from core.pipeline.ingest import IngestService
+    from core.store.edge import EdgeStore
+    from core.vision.detector import NoDetector, YoloDetector
+    from core.vision.embedder import ClipEmbedder
 
     precision, detect = kind.split("-", 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,7 +228,7 @@ def case(kind: str, paths: dict[str, str]) -> dict:
         embedder.load()
         # The models alone on the same photos (decoded as ingest decodes them), just before and just
         # after the ingest: the mean is the ceiling, the two apart show how much the machine drifted.
-        from core.images import load_photo_scaled
+        from core.vision.images import load_photo_scaled
 
         images = [load_photo_scaled(s.path, 80_000_000, 1600)[0] for s in sources]
         before = models_alone(embedder, detector if detect != "nodetect" else None, images)

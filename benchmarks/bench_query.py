@@ -22,7 +22,9 @@ FACTORIES = 20
 
 
 def case(backend: str, n: int, queries: int) -> dict:
-    from core.store import EdgeStore, QdrantClientStore, StoredPoint
+    from core.store.base import StoredPoint
+    from core.store.edge import EdgeStore
+    from core.store.qdrant import QdrantClientStore
 
     vectors, _ = clustered_vectors(n, seed=1)
     factories = np.array([f"factory_{i % FACTORIES:02d}" for i in range(n)])

@@ -66,7 +66,7 @@ def _user_errors(as_json: bool = False):
     except ShoeSearchError as exc:
         raise _fail(str(exc), as_json=as_json) from None
     except OSError as exc:  # a full disk or an unwritable output path: one line too
-        from core.diskspace import write_error
+        from core.store.diskspace import write_error
 
         error = write_error(exc)
         if error is None:
@@ -80,7 +80,7 @@ def _user_errors(as_json: bool = False):
 def _open_store(settings: Settings, write: bool = False):
     """The store, closed after. `write`: the command writes (with a running search UI holding the
     embedded store, the command then holds the UI's write lease; reads need none)."""
-    from core.wiring import open_store
+    from core.app import open_store
 
     store = open_store(settings, on_wait=_say_waiting, write=write)
     try:
@@ -92,7 +92,7 @@ def _open_store(settings: Settings, write: bool = False):
 @contextlib.contextmanager
 def _open_stores(settings: Settings, write: bool = False):
     """The store and, with PROJECTION_HEAD set, the head's index beside it (both closed after)."""
-    from core.wiring import open_head_index
+    from core.app import open_head_index
 
     with _open_store(settings, write) as store:
         head = open_head_index(settings, store, write)
@@ -111,7 +111,7 @@ def _check_factories(store, names: Optional[list[str]] | Optional[str]) -> None:
     """Stop with the known factories (and close names) when a --factory names none of them."""
     if not names:
         return
-    from core.catalogue import check_known_factories
+    from core.catalogue.folders import check_known_factories
 
     check_known_factories([names] if isinstance(names, str) else names, store.facet("factory"))
 
@@ -146,7 +146,7 @@ def add(
         raise typer.BadParameter("--dry-run only applies to --prune", param_hint="--dry-run")
     part_of_n = None
     if part is not None:
-        from core.parts import parse_part
+        from core.catalogue.parts import parse_part
 
         if prune:
             raise typer.BadParameter("--prune needs the whole folder: run it without --part after the parts",
@@ -158,10 +158,10 @@ def add(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from core.catalogue import check_has_photos, discover, factory_name, factory_subfolders
+    from core.app import ingest_service
+    from core.catalogue.folders import check_has_photos, discover, factory_name, factory_subfolders
+    from core.domain.types import IngestReport
     from core.errors import NotAFactoryFolder
-    from core.models import IngestReport
-    from core.wiring import ingest_service
 
     settings = _settings(wait)
     with _user_errors(as_json):
@@ -197,7 +197,7 @@ def add(
                           disable=not console.is_terminal) as bar:
                 for given, label, sources in plans:
                     if part_of_n is not None:  # this worker's share; the folder checks above saw all of it
-                        from core.parts import part_of
+                        from core.catalogue.parts import part_of
 
                         sources = [s for s in sources if part_of(s.path, given, part_of_n[1]) == part_of_n[0]]
                     task = bar.add_task(f"ingest {label}", total=len(sources))
@@ -267,7 +267,7 @@ def _add_line(report, prune: bool, dry_run: bool, label: str | None = None) -> s
 @app.command()
 def stats(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
     """Points, photos, per-factory counts, model and store location."""
-    from core.search_service import index_stats
+    from core.search.service import index_stats
 
     settings = _settings(wait)
     with _user_errors(as_json), _open_store(settings) as store:
@@ -324,8 +324,8 @@ def search(
         raise typer.BadParameter("give --text, a photo (--image, --image-url, --crop-id) or --like/--dislike")
     if strategy is not None and not refine:
         raise typer.BadParameter("only with --like/--dislike", param_hint="--strategy")
-    from core.search_service import build_where
-    from core.wiring import search_service
+    from core.app import search_service
+    from core.search.service import build_where
 
     settings = _settings(wait)
     where = build_where(factory)
@@ -348,7 +348,7 @@ def search(
 def _run_search(settings, service, text, avoid, weight, image, image_url, crop_id, like, dislike, strategy, where,
                 top_k, min_score, whole):
     """The hits and a description of the query (the --json `query`) for `ingest search`'s options."""
-    from core.query_mix import Term, terms
+    from core.search.query_mix import Term, terms
 
     if like or dislike:
         hits = service.refine(like, dislike, where=where, top_k=top_k, min_score=min_score, strategy=strategy)
@@ -368,12 +368,12 @@ def _run_search(settings, service, text, avoid, weight, image, image_url, crop_i
         hits = service.more_like_this(crop_id, where=where, top_k=top_k, min_score=min_score, words=words)
         return hits, {"crop_id": crop_id, **({"words": _words_json(words)} if words else {})}
     if image_url is not None:
-        from core.image_urls import UrlLimits, fetch_photo
+        from core.search.image_urls import UrlLimits, fetch_photo
 
         photo = fetch_photo(image_url, UrlLimits.from_settings(settings), settings.max_image_pixels)
         source = {"image_url": image_url}
     else:
-        from core.images import load_photo
+        from core.vision.images import load_photo
 
         photo = load_photo(image, settings.max_image_pixels)
         source = {"image": str(image)}
@@ -398,7 +398,7 @@ def remove(
     """Delete crops by factory and/or photo path (asks first unless --yes)."""
     if factory is None and path is None:
         raise typer.BadParameter("give --factory and/or --path")
-    from core.wiring import ingest_service
+    from core.app import ingest_service
 
     settings = _settings(wait)
     with _user_errors(as_json), _open_stores(settings, write=True) as (store, head):
@@ -443,10 +443,10 @@ def eval_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Retrieval quality on your own catalogue: photos of one product should find each other."""
-    from core.cluster_service import load_items
-    from core.eval_service import compare_models, evaluate_vectors, read_pairs, read_queries
-    from core.evaluation import markdown
-    from core.wiring import build_embedder, open_store
+    from core.app import build_embedder, open_store
+    from core.duplicates.service import load_items
+    from core.quality.evaluate import compare_models, evaluate_vectors, read_pairs, read_queries
+    from core.quality.metrics import markdown
 
     settings = _settings(wait)
     sections: list[str] = []
@@ -462,7 +462,7 @@ def eval_command(
             if background and not model:
                 raise typer.BadParameter("--background compares variants: give --model too", param_hint="--background")
             if model:
-                from core.background import build_remover
+                from core.vision.background import build_remover
 
                 compared = compare_models(
                     # TEXT_MODEL was trained for CLIP_MODEL only: other models use their own text encoders.
@@ -508,8 +508,8 @@ def tune_command(
     validation mAP of raw CLIP versus the head on held-out products."""
     if loss not in ("mnr", "triplet"):
         raise typer.BadParameter("mnr or triplet", param_hint="--loss")
-    from core.cluster_service import load_items
-    from core.tuning import train_head
+    from core.duplicates.service import load_items
+    from core.quality.tune import train_head
 
     settings = _settings(wait)
     with _user_errors(as_json), _open_store(settings) as store:
@@ -560,8 +560,8 @@ def export_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Write every point (vector + payload) to a file: a backup, or a move to another store."""
-    from core.search_service import build_where
-    from core.transfer import export_points
+    from core.search.service import build_where
+    from core.store.transfer import export_points
 
     settings = _settings(wait)
     with _user_errors(as_json), _open_store(settings) as store:
@@ -580,7 +580,7 @@ def import_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Upsert an export's points into the configured store (same ids: reruns add nothing)."""
-    from core.transfer import import_points
+    from core.store.transfer import import_points
 
     settings = _settings(wait)
     with _user_errors(as_json), _open_store(settings, write=True) as store:
@@ -630,9 +630,9 @@ def cluster_command(
             raise typer.BadParameter(f"--{name} must be one of {', '.join(allowed)}", param_hint=f"--{name}")
     if not (representative in ("medoid", "largest", "confidence") or representative.startswith("factory:")):
         raise typer.BadParameter("medoid, largest, confidence or factory:NAME", param_hint="--representative")
-    from core.cluster_service import FORMATS, ClusterService, write_reports
-    from core.clustering import ClusterSettings
-    from core.wiring import open_store
+    from core.app import open_store
+    from core.duplicates.groups import ClusterSettings
+    from core.duplicates.service import FORMATS, ClusterService, write_reports
 
     chosen_formats = [f.strip() for f in formats.split(",") if f.strip()]
     if not chosen_formats or set(chosen_formats) - set(FORMATS):
@@ -734,8 +734,8 @@ def migrate_command(
 ) -> None:
     """Copy the index to a Qdrant server or cluster without re-embedding: vectors, payloads, the
     model record and group ids; verified by counts and a sample. Rerun to resume."""
-    from core.migrate import migrate
-    from core.wiring import open_target_store
+    from core.app import open_target_store
+    from core.store.migrate import migrate
 
     settings = _settings(wait)
     with _user_errors(as_json), _open_store(settings) as source:
@@ -773,7 +773,7 @@ def _n(count: int, noun: str) -> str:
 
 
 def _decisions(settings: Settings):
-    from core.review import Decisions
+    from core.duplicates.review import Decisions
 
     return Decisions(settings.data_dir, settings.qdrant_collection)
 
@@ -781,7 +781,7 @@ def _decisions(settings: Settings):
 @review_app.command(name="status")
 def review_status(as_json: JsonFlag = False) -> None:
     """How many decisions are stored, and how much of the last clustering is reviewed."""
-    from core.review import product_groups
+    from core.duplicates.review import product_groups
 
     settings = _settings()
     decisions = _decisions(settings)
@@ -837,8 +837,8 @@ def review_export(
     as_json: JsonFlag = False,
 ) -> None:
     """Write the decisions (photo paths as they are indexed now, plus content hashes) or the product mapping."""
-    from core.cluster_service import ClusterService, load_items
-    from core.review import ContentIndex, export_rows, product_mapping, write_export, write_product_mapping
+    from core.duplicates.review import ContentIndex, export_rows, product_mapping, write_export, write_product_mapping
+    from core.duplicates.service import ClusterService, load_items
 
     settings = _settings(wait)
     decisions = _decisions(settings)
@@ -878,7 +878,7 @@ def review_import(
 
     A malformed row refuses the whole file; rows naming photos or products found neither in the index nor
     on disk are listed and skipped (exit 1)."""
-    from core.review import ContentIndex, read_import
+    from core.duplicates.review import ContentIndex, read_import
 
     settings = _settings(wait)
     decisions = _decisions(settings)

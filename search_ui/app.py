@@ -556,11 +556,11 @@ def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
     Refuses (SchemaMismatch) a collection made by another CLIP model, as the CLI does, instead of
     starting and failing every search.
     """
-    from core.search_service import SearchService
+    from core.app import ingest_service, open_head_index, open_store
     from core.errors import StoreLocked
-    from core.store import check_model
-    from core.store_host import is_remote
-    from core.wiring import ingest_service, open_head_index, open_store
+    from core.search.service import SearchService
+    from core.store.base import check_model
+    from core.store.host import is_remote
     from search_ui.handlers import Handlers
 
     store = open_store(settings)
@@ -688,10 +688,10 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def serve_store(settings: "Settings", handlers: "Handlers", demo: "gr.Blocks"):
-    """Serve the embedded store this UI holds to `ingest` commands run meanwhile (core/store_host.py):
+    """Serve the embedded store this UI holds to `ingest` commands run meanwhile (core/store/host.py):
     loopback only, with a token readable by this user only. None with a Qdrant server (nothing to share)."""
-    from core.store import EdgeStore
-    from core.store_host import StoreHost
+    from core.store.edge import EdgeStore
+    from core.store.host import StoreHost
 
     stores = [handlers.store] + ([handlers.search.head_index.store] if handlers.search.head_index else [])
     if not all(isinstance(store, EdgeStore) for store in stores):

@@ -15,14 +15,14 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from core.domain.types import Hit
 from core.errors import BadImage, ShoeSearchError
-from core.images import PHOTO_EXTENSIONS, load_photo
-from core.ingest_service import IngestService
-from core.models import Hit
-from core.query_mix import terms
-from core.search_service import SearchService, index_stats
+from core.pipeline.ingest import IngestService
+from core.search.query_mix import terms
+from core.search.service import SearchService, index_stats
 from core.settings import Settings
-from core.store import Contains, Store
+from core.store.base import Contains, Store
+from core.vision.images import PHOTO_EXTENSIONS, load_photo
 
 GalleryItem = tuple[str, str]  # (thumbnail file, caption)
 # One result set as the UI keeps it between events: plain JSON-able dicts.
@@ -58,7 +58,7 @@ class Review:
 
 def group_payload_key(group_id: str) -> str:
     """The payload key holding a group id, from the id's tier prefix (dup-, sim-, idt-)."""
-    from core.cluster_service import PAYLOAD_KEY
+    from core.duplicates.service import PAYLOAD_KEY
 
     prefix = group_id.split("-", 1)[0]
     tier = {"idt": "identical", "phs": "phash", "dup": "duplicate", "sim": "similar"}.get(prefix, "similar")
@@ -100,13 +100,13 @@ def review_count(groups: Sequence[dict[str, Any]]) -> str:
 
 
 def _member_key(member: dict[str, Any]) -> str | None:
-    from core.review import crop_key
+    from core.duplicates.review import crop_key
 
     return crop_key(member["photo_sha256"], member.get("crop_index", 0)) if member.get("photo_sha256") else None
 
 
 def _member_keys(member: dict[str, Any], level: str) -> set[str]:
-    from core.review import photo_key, product_key
+    from core.duplicates.review import photo_key, product_key
 
     keys = {k for k in (_member_key(member), photo_key(member["photo_sha256"]) if member.get("photo_sha256") else None)
             if k}
@@ -183,7 +183,7 @@ class Handlers:
     """The UI's behaviour over one store and one set of loaded models (shared by all requests)."""
 
     def __init__(self, settings: Settings, store: Store, search: SearchService, ingest: IngestService) -> None:
-        from core.cluster_service import ClusterService
+        from core.duplicates.service import ClusterService
 
         self.settings = settings
         self.store = store
@@ -192,7 +192,7 @@ class Handlers:
         self.clusters = ClusterService(store, settings.data_dir)
         self.data_dir = Path(settings.data_dir).resolve()
         self._ingest_lock = threading.Lock()  # one upload ingest at a time; searches go on
-        # The `ingest` command writing through this UI right now (core/store_host.py), in words, or None.
+        # The `ingest` command writing through this UI right now (core/store/host.py), in words, or None.
         self.writer_elsewhere: Callable[[], str | None] = lambda: None
 
     # ------------------------------------------------------------------ filters and catalogue
@@ -327,7 +327,7 @@ class Handlers:
 
     def fetch_url_photo(self, url: str) -> Image.Image:
         """The photo at an http(s) URL, within the IMAGE_URL* limits (ShoeSearchError otherwise)."""
-        from core.image_urls import UrlLimits, fetch_photo
+        from core.search.image_urls import UrlLimits, fetch_photo
 
         return fetch_photo(url, UrlLimits.from_settings(self.settings), self.settings.max_image_pixels)
 
@@ -470,8 +470,8 @@ class Handlers:
                         scope: str = "all", factories: Sequence[str] | None = None, level: str = "crop",
                         linkage: str = "single", progress: Callable[[float, str], None] | None = None) -> Duplicates:
         """Cluster the index; returns the summary, the factory heatmap, groups and report files."""
-        from core.cluster_service import write_reports
-        from core.clustering import ClusterSettings
+        from core.duplicates.groups import ClusterSettings
+        from core.duplicates.service import write_reports
 
         if scope not in ("all", "cross-factory", "within-factory") or level not in ("crop", "product") \
                 or linkage not in ("single", "complete"):
@@ -525,7 +525,7 @@ class Handlers:
 
     def _refresh_reviewed(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Mark the groups whose members are now all joined by `same` decisions, and order them."""
-        from core.review import connected
+        from core.duplicates.review import connected
 
         same = self.clusters.decisions.load().same_index()
         for group in groups:
@@ -553,7 +553,7 @@ class Handlers:
 
     def confirm_group(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None) -> Review:
         """"Same shoe": every member is the representative's shoe; then the next group to review."""
-        from core.review import SAME, PairInput
+        from core.duplicates.review import SAME, PairInput
 
         groups, group = self._pick(groups, group_id)
         if group is None:
@@ -577,7 +577,7 @@ class Handlers:
                       member: int | None) -> Review:
         """"Not the same": the selected member is not the representative's shoe. It leaves the
         group here, and clustering never groups the two again."""
-        from core.review import DIFFERENT, PairInput
+        from core.duplicates.review import DIFFERENT, PairInput
 
         groups, group = self._pick(groups, group_id)
         if group is None:
@@ -631,7 +631,7 @@ class Handlers:
     def link_products(self, groups: Sequence[dict[str, Any]] | None, group_id: str | None) -> Review:
         """"Same product across factories": the members' products in different factories are one
         shoe (factory_a/SKU-1 ≡ factory_b/B-77); the group counts as confirmed too."""
-        from core.review import SAME, PairInput, product_key
+        from core.duplicates.review import SAME, PairInput, product_key
 
         groups, group = self._pick(groups, group_id)
         if group is None:
@@ -684,8 +684,8 @@ class Handlers:
     def add_photos(self, files: Sequence[str] | None, factory: str,
                    progress: Callable[[int, int], None] | None = None) -> str:
         """Stage uploaded photos (or zips of photos) under DATA_DIR/uploads/FACTORY and ingest them
-        (core.uploads does both); returns the report as Markdown."""
-        from core.uploads import UploadLimits, add_upload, check_factory_name
+        (core.catalogue.uploads does both); returns the report as Markdown."""
+        from core.catalogue.uploads import UploadLimits, add_upload, check_factory_name
 
         try:
             factory = check_factory_name(factory)
@@ -800,9 +800,9 @@ def _md_escape(text: str) -> str:
 
 
 def upload_markdown(result) -> str:
-    """An upload's report (core.uploads.UploadReport) as Markdown: what was added, what the
+    """An upload's report (core.catalogue.uploads.UploadReport) as Markdown: what was added, what the
     upload held, and every file or entry refused, skipped or ignored, by name."""
-    from core.catalogue import path_text
+    from core.catalogue.folders import path_text
 
     staged, report = result.staged, result.ingest
     factory = _md_escape(staged.factory)

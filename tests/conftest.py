@@ -18,15 +18,14 @@ for _key, _value in {
 # Real-browser fixtures (browser, page_of, shot): one session-wide chromium for every test file.
 pytest_plugins = ["tests.ui.browser"]
 
-from pathlib import Path  # noqa: E402
-
 import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from core.models import Detection  # noqa: E402
+from core.domain.types import Detection  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from tests.tiny_models import build_tiny_clip, build_tiny_yolo  # noqa: E402
 
@@ -65,7 +64,7 @@ def cli_env(monkeypatch, tmp_path, tiny_clip_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_clip_dir):
-    from core.embedder import ClipEmbedder
+    from core.vision.embedder import ClipEmbedder
 
     embedder = ClipEmbedder(str(tiny_clip_dir), device="cpu", batch_size=16, precision="fp32")
     embedder.load()
@@ -172,17 +171,17 @@ def ui_settings(tmp_path, tiny_clip_dir) -> Settings:
 
 @pytest.fixture
 def sample(tmp_path):
-    from core.sample_catalogue import make_catalogue
+    from tools.sample_catalogue import make_catalogue
 
     return make_catalogue(tmp_path / "shoes", factories=3, products_per_factory=4, variants_per_product=2)
 
 
 @pytest.fixture
 def handlers(ui_settings, sample, tiny_embedder):
-    from core.catalogue import discover
-    from core.ingest_service import IngestService
-    from core.search_service import SearchService
-    from core.store import EdgeStore
+    from core.catalogue.folders import discover
+    from core.pipeline.ingest import IngestService
+    from core.search.service import SearchService
+    from core.store.edge import EdgeStore
     from search_ui.handlers import Handlers
 
     store = EdgeStore(ui_settings.embedded_store_dir, ui_settings.qdrant_collection)

@@ -21,7 +21,7 @@ def serving(stores, write_lock: threading.Lock | None = None, bound_host: str = 
     import uvicorn
     from starlette.applications import Starlette
 
-    from core.store_host import StoreHost
+    from core.store.host import StoreHost
 
     app = Starlette()
     port = free_port()

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from core.sample_catalogue import make_catalogue
 from ingest.cli import app
 from tests.conftest import two_shoes_photo
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 HEIC = Path(__file__).parent / "fixtures" / "shoe.heic"  # 96x64, written by pillow-heif 1.8.1 (libheif 1.23.6)
@@ -272,9 +272,9 @@ def test_heic_and_avif_photos_are_indexed(env):
 
 
 def test_heic_without_a_decoder_is_skipped_with_the_reason(env, monkeypatch):
-    import core.images
+    import core.vision.images
 
-    monkeypatch.setattr(core.images, "_heif_registered", False)  # as if pi-heif were not installed
+    monkeypatch.setattr(core.vision.images, "_heif_registered", False)  # as if pi-heif were not installed
     folder = env / "factory_h"
     folder.mkdir()
     shutil.copy(HEIC, folder / "iphone.heic")

@@ -10,16 +10,16 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from core.background import RembgRemover, build_remover, on_white
-from core.catalogue import discover
-from core.detector import NoDetector
+from core.catalogue.folders import discover
 from core.errors import ModelUnavailable
-from core.eval_service import compare_models
-from core.ingest_service import IngestService
-from core.sample_catalogue import make_catalogue
-from core.search_service import SearchService
-from core.store import EdgeStore
+from core.pipeline.ingest import IngestService
+from core.quality.evaluate import compare_models
+from core.search.service import SearchService
+from core.store.edge import EdgeStore
+from core.vision.background import RembgRemover, build_remover, on_white
+from core.vision.detector import NoDetector
 from ingest.cli import app
+from tools.sample_catalogue import make_catalogue
 
 
 class CornerColourRemover:

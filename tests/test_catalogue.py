@@ -7,7 +7,7 @@ import os
 import pytest
 from PIL import Image
 
-from core.catalogue import discover
+from core.catalogue.folders import discover
 from core.errors import ManifestError
 
 
@@ -121,7 +121,7 @@ def test_manifest_column_named_like_a_computed_key_is_refused(tmp_path, column):
 
 
 def test_every_computed_payload_key_is_protected(tmp_path):
-    from core.models import COMPUTED_PAYLOAD_KEYS
+    from core.domain.types import COMPUTED_PAYLOAD_KEYS
 
     for column in set(COMPUTED_PAYLOAD_KEYS) - {"factory", "product_id"}:
         assert f"column '{column}' is a key ingest computes" in _manifest_error(

@@ -9,9 +9,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from core.sample_catalogue import make_catalogue
 from ingest.cli import app
 from tests.conftest import two_shoes_photo
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 
@@ -123,7 +123,7 @@ def test_other_model_on_existing_index_is_refused(catalogue, monkeypatch, tmp_pa
 
 
 def test_store_in_use_is_a_clear_error(catalogue, env):
-    from core.store import EdgeStore
+    from core.store.edge import EdgeStore
 
     _json(_run("add", str(catalogue.factory_dir("factory_a")), "--json"))
     holder = EdgeStore(env / "data" / "qdrant-edge", "shoes")

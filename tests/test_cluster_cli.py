@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from core.sample_catalogue import make_catalogue
 from ingest.cli import app
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 
@@ -87,7 +87,7 @@ def test_group_ids_are_stable_and_stored_in_payloads(indexed):
     assert set(groups) == {g["id"] for g in json.loads((tmp / "r2" / "groups.json").read_text())}
 
     from core.settings import Settings
-    from core.store import EdgeStore
+    from core.store.edge import EdgeStore
 
     settings = Settings()
     store = EdgeStore(settings.embedded_store_dir, settings.qdrant_collection)

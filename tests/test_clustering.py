@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from core.clustering import (
-    ClusterSettings, Constraints, Items, assign_stable_ids, brute_force_pairs, calibrate, cluster, exact_pairs,
+from core.duplicates.groups import (
+    ClusterSettings,
+    Constraints,
+    Items,
+    assign_stable_ids,
+    brute_force_pairs,
+    calibrate,
+    cluster,
+    exact_pairs,
     overlap_matrix,
 )
 

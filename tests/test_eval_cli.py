@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from core.sample_catalogue import make_catalogue
 from ingest.cli import app
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 

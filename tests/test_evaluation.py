@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from core.evaluation import (
-    average_precision, leave_one_out, markdown, ndcg_at_k, precision_at_k, query_metrics, recall_at_k, text_queries,
+from core.quality.metrics import (
+    average_precision,
+    leave_one_out,
+    markdown,
+    ndcg_at_k,
+    precision_at_k,
+    query_metrics,
+    recall_at_k,
+    text_queries,
 )
 
 

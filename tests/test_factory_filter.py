@@ -8,10 +8,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from core.catalogue import check_known_factories
+from core.catalogue.folders import check_known_factories
 from core.errors import UnknownFactory
-from core.sample_catalogue import make_catalogue
 from ingest.cli import app
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.errors import ImageUrlError
-from core.image_urls import UrlLimits, address_allowed, fetch_photo, save_photo
+from core.search.image_urls import UrlLimits, address_allowed, fetch_photo, save_photo
 
 MB = 1024 * 1024
 

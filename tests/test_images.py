@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from core.errors import BadImage
-from core.images import expand_box, file_sha256, load_photo
+from core.vision.images import expand_box, file_sha256, load_photo
 
 LIMIT = 50_000_000
 
@@ -129,7 +129,7 @@ def _png_rows(path, width: int, height: int, value: int = 0x7F) -> None:
 def test_every_format_is_reduced_right_after_decoding(tmp_path, fmt, mode):
     """Not only JPEGs (draft mode): a large photo of any format leaves the decoder at most
     `max_side` long, its colours kept, its original size reported."""
-    from core.images import read_photo
+    from core.vision.images import read_photo
 
     img = Image.new("RGB", (3000, 1000), (200, 40, 40))
     img.paste(Image.new("RGB", (1500, 1000), (40, 40, 200)), (1500, 0))  # left red, right blue
@@ -153,7 +153,7 @@ def test_every_format_is_reduced_right_after_decoding(tmp_path, fmt, mode):
 def test_reduced_photo_is_upright_from_any_format(tmp_path):
     """EXIF orientation is read from the decoded file (a TIFF keeps it in its tags), then applied
     to the reduced image."""
-    from core.images import read_photo
+    from core.vision.images import read_photo
 
     img = Image.new("RGB", (2000, 1000), (250, 250, 250))
     img.paste(Image.new("RGB", (200, 100), (200, 0, 0)), (0, 900))  # bottom-left as stored
@@ -167,7 +167,7 @@ def test_reduced_photo_is_upright_from_any_format(tmp_path):
 
 
 def test_extreme_aspect_ratio_is_refused_from_the_header(tmp_path):
-    from core.images import read_photo
+    from core.vision.images import read_photo
 
     _png_rows(tmp_path / "strip.png", 200_000, 1)
     assert (tmp_path / "strip.png").stat().st_size < 12_000
@@ -181,7 +181,7 @@ def test_pixel_budget_lets_one_large_decode_run_at_a_time(tmp_path):
     """Two threads, two 6-megapixel PNGs, a 10-megapixel budget: they decode one after the other."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.images import PixelBudget, read_photo
+    from core.vision.images import PixelBudget, read_photo
 
     for name in ("a.png", "b.png"):
         _png_rows(tmp_path / name, 3000, 2000)
@@ -199,7 +199,7 @@ def test_pixel_budget_lets_one_large_decode_run_at_a_time(tmp_path):
 def test_max_image_pixels_above_pillows_guard_is_the_one_limit(tmp_path, monkeypatch):
     """Pillow refuses over 89,478,485 pixels on its own; MAX_IMAGE_PIXELS=100,000,000 must still
     accept a 95-megapixel photo, and refuse one over it in our words."""
-    from core.images import read_photo
+    from core.vision.images import read_photo
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored afterwards
     path = tmp_path / "huge.png"
@@ -214,7 +214,7 @@ def test_max_image_pixels_above_pillows_guard_is_the_one_limit(tmp_path, monkeyp
 
 
 def test_hash_is_of_the_bytes_decoded_and_big_files_are_refused(tmp_path):
-    from core.images import read_photo
+    from core.vision.images import read_photo
 
     path = tmp_path / "p.png"
     Image.new("RGB", (64, 48), (1, 2, 3)).save(path)
@@ -226,7 +226,7 @@ def test_hash_is_of_the_bytes_decoded_and_big_files_are_refused(tmp_path):
 def test_a_fifo_named_like_a_photo_is_refused_without_blocking(tmp_path):
     import os
 
-    from core.images import read_photo
+    from core.vision.images import read_photo
 
     os.mkfifo(tmp_path / "pipe.jpg")
     with pytest.raises(BadImage, match="not a regular file"):

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.catalogue import discover
+from core.catalogue.folders import discover
+from core.domain.ids import point_id
 from core.errors import SchemaMismatch
-from core.ids import point_id
-from core.images import file_sha256
-from core.ingest_service import IngestService
-from core.sample_catalogue import make_catalogue
-from core.store import EdgeStore
+from core.pipeline.ingest import IngestService
+from core.store.edge import EdgeStore
+from core.vision.images import file_sha256
 from tests.conftest import CountingEmbedder, two_shoes_photo
+from tools.sample_catalogue import make_catalogue
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_every_detected_shoe_becomes_a_crop_with_full_payload(tmp_path, store, c
 
 
 def test_photo_without_detection_is_embedded_whole(tmp_path, store, tiny_embedder):
-    from core.detector import NoDetector
+    from core.vision.detector import NoDetector
 
     path = tmp_path / "f" / "P9.png"
     path.parent.mkdir()
@@ -189,7 +189,7 @@ def test_a_file_replaced_after_its_hash_is_stored_with_the_hash_of_its_pixels(tm
     stored must pair the hash and the pixels of one and the same file."""
     import os
 
-    import core.ingest_service as ingest_module
+    import core.pipeline.ingest as ingest_module
 
     root = tmp_path / "factory_s"
     root.mkdir()
@@ -218,7 +218,7 @@ def test_a_file_replaced_after_its_hash_is_stored_with_the_hash_of_its_pixels(tm
 
 
 def _NoDetector():
-    from core.detector import NoDetector
+    from core.vision.detector import NoDetector
 
     return NoDetector()
 
@@ -269,8 +269,8 @@ def test_a_model_that_cannot_load_still_stops_the_run(tmp_path, store, tiny_embe
 
 def test_stored_payload_is_the_computed_keys_plus_manifest_extras(tmp_path, store, tiny_embedder, blob_detector):
     """The keys a manifest may not use are exactly those ingest writes (and clustering's group keys)."""
-    from core.cluster_service import PAYLOAD_KEY
-    from core.models import COMPUTED_PAYLOAD_KEYS, reserved_payload_key
+    from core.domain.types import COMPUTED_PAYLOAD_KEYS, reserved_payload_key
+    from core.duplicates.service import PAYLOAD_KEY
 
     photo = two_shoes_photo(tmp_path / "factory_a" / "pair.jpg")
     manifest = tmp_path / "m.csv"

@@ -1,7 +1,7 @@
 """`ingest migrate`: the embedded store to a server/cluster collection without re-embedding.
 
 No Qdrant server runs here: the target is qdrant-client's local mode (the server code path of
-QdrantClientStore), reached by replacing `core.wiring.open_target_store`, the one function
+QdrantClientStore), reached by replacing `core.app.open_target_store`, the one function
 that turns `--to URL` into a store."""
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import pytest
 from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
-import core.wiring as wiring
+import core.app as wiring
 from core.errors import SchemaMismatch
-from core.migrate import MigrationFailed, marker_path, migrate
-from core.store import EdgeStore, QdrantClientStore, StoredPoint
+from core.store.base import StoredPoint
+from core.store.edge import EdgeStore
+from core.store.migrate import MigrationFailed, marker_path, migrate
+from core.store.qdrant import QdrantClientStore
 from ingest.cli import app
 
 DIM = 16
@@ -174,8 +176,8 @@ def test_cli_migrate_of_an_empty_index_is_one_line(tmp_path, monkeypatch):
 _MIGRATE_SCRIPT = textwrap.dedent("""
     import sys, time
     from qdrant_client import QdrantClient
-    import core.wiring as wiring
-    from core.store import QdrantClientStore
+    import core.app as wiring
+    from core.store.qdrant import QdrantClientStore
 
     target_dir, delay = sys.argv[1], float(sys.argv[2])
 

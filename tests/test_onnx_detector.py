@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import onnx_yolo
-from core.detector import YoloDetector
 from core.errors import ModelUnavailable
+from core.vision import onnx_yolo
+from core.vision.detector import YoloDetector
 
 SHOES = ["Footwear", "Boot"]  # the tiny model also knows High heels, Sandal, Roller skates: never kept
 
@@ -118,7 +118,7 @@ def test_broken_cached_export_is_rebuilt(lively_yolo, photos, tmp_path, caplog):
     [exported] = tmp_path.glob("*.onnx")
     size = exported.stat().st_size
     exported.write_bytes(exported.read_bytes()[: size // 3])  # a copy cut short
-    with caplog.at_level(logging.WARNING, logger="core.onnx_yolo"):
+    with caplog.at_level(logging.WARNING, logger="core.vision.onnx_yolo"):
         rebuilt = YoloDetector(str(lively_yolo), SHOES, image_size=320, device="cpu", runtime="onnx",
                                precision="fp32", cache_dir=tmp_path)
         assert rebuilt.detect(photos[:3]) == boxes
@@ -130,7 +130,7 @@ def test_auto_falls_back_to_torch_with_the_reason_when_export_fails(lively_yolo,
                                                                     caplog):
     expected = YoloDetector(str(lively_yolo), SHOES, image_size=320, device="cpu", runtime="torch").detect(photos[:2])
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError: not installed
-    with caplog.at_level(logging.WARNING, logger="core.detector"):
+    with caplog.at_level(logging.WARNING, logger="core.vision.detector"):
         detector = YoloDetector(str(lively_yolo), SHOES, image_size=320, device="cpu", runtime="auto",
                                 cache_dir=tmp_path / "models")
         assert detector.detect(photos[:2]) == expected
@@ -146,7 +146,7 @@ def test_auto_falls_back_to_torch_with_the_reason_when_export_fails(lively_yolo,
 def test_export_into_an_unusable_cache_folder_falls_back_to_torch(lively_yolo, tmp_path, caplog):
     blocker = tmp_path / "models"
     blocker.write_text("a file where the cache folder should be")
-    with caplog.at_level(logging.WARNING, logger="core.detector"):
+    with caplog.at_level(logging.WARNING, logger="core.vision.detector"):
         detector = YoloDetector(str(lively_yolo), SHOES, image_size=320, device="cpu", runtime="auto",
                                 cache_dir=blocker)
         detector.load()
@@ -182,7 +182,7 @@ def test_int8_is_kept_only_when_its_boxes_agree(lively_yolo, tiny_yolo_path, tmp
 
 
 def test_settings_select_the_detector_runtime(settings):
-    from core.wiring import build_detector
+    from core.app import build_detector
 
     chosen = settings.model_copy(update={"detector_model": "some.pt", "detect_runtime": "onnx",
                                          "detect_precision": "fp32"})
@@ -202,7 +202,7 @@ def test_loading_the_torch_detector_leaves_onnx_runtime_its_threads(lively_yolo,
     import subprocess
 
     code = ("import os, sys\n"
-            "from core.detector import YoloDetector\n"
+            "from core.vision.detector import YoloDetector\n"
             f"YoloDetector({str(lively_yolo)!r}, ['Footwear'], device='cpu', runtime='torch').load()\n"
             "print('ultralytics' in sys.modules, os.environ.get('OMP_NUM_THREADS'))\n")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

@@ -13,12 +13,12 @@ import pytest
 from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
-from core.catalogue import discover
+from core.catalogue.folders import discover
+from core.catalogue.parts import parse_part, part_of
 from core.errors import ShoeSearchError
-from core.parts import parse_part, part_of
-from core.sample_catalogue import make_catalogue
-from core.store import QdrantClientStore
+from core.store.qdrant import QdrantClientStore
 from ingest.cli import app
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 
@@ -116,7 +116,7 @@ def test_worker_processes_equal_one_clean_run(cli_env, tmp_path):
             result = subprocess.run(command + (["--part", part] if part else []), env=env, capture_output=True,
                                     text=True, timeout=600)
             assert result.returncode == 0, result.stderr
-    from core.store import EdgeStore
+    from core.store.edge import EdgeStore
 
     stores = {name: EdgeStore(tmp_path / name / "qdrant-edge", "shoes") for name in ("clean", "parts")}
     try:

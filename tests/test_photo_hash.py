@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from core.photo_hash import MAX_DISTANCE, crop_phash, near_pairs
-from core.sample_catalogue import draw_shoe, make_catalogue, random_design
+from core.duplicates.photo_hash import MAX_DISTANCE, crop_phash, near_pairs
 from ingest.cli import app
+from tools.sample_catalogue import draw_shoe, make_catalogue, random_design
 
 runner = CliRunner()
 
@@ -86,7 +86,7 @@ def test_cluster_phash_tier_finds_reencoded_and_resized_copies(cli_env, tmp_path
     assert {m["factory"] for m in group["members"]} == {"factory_a", "factory_b"}
     # The group ids are in the payload, so searches can filter by them.
     from core.settings import Settings
-    from core.store import EdgeStore
+    from core.store.edge import EdgeStore
 
     settings = Settings()
     store = EdgeStore(settings.embedded_store_dir, settings.qdrant_collection)
@@ -105,7 +105,7 @@ def test_cluster_phash_tier_finds_reencoded_and_resized_copies(cli_env, tmp_path
 
 
 def test_phash_tier_honours_decisions_scope_and_level():
-    from core.clustering import ClusterSettings, Constraints, Items, cluster
+    from core.duplicates.groups import ClusterSettings, Constraints, Items, cluster
 
     base = 0x0F0F_3C3C_5A5A_9999
     spec = {  # point: (factory, product, hash)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.embedder import ClipEmbedder
-from core.sample_catalogue import make_catalogue
+from core.vision.embedder import ClipEmbedder
+from tools.sample_catalogue import make_catalogue
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,9 @@ def test_int8_top_k_matches_fp32(int8, tiny_embedder, photos):
 @pytest.mark.parametrize("bar,expected", [(1.01, "fp32"), (0.5, "int8")])
 def test_auto_uses_int8_only_when_it_agrees_with_fp32(tiny_clip_dir, int8, monkeypatch, bar, expected):
     """auto measures int8 against fp32 on probe photos and keeps fp32 below the bar."""
-    import core.embedder
+    import core.vision.embedder
 
-    monkeypatch.setattr(core.embedder, "INT8_MIN_COSINE", bar)
+    monkeypatch.setattr(core.vision.embedder, "INT8_MIN_COSINE", bar)
     cache = int8.cache_dir
     exported = sorted(cache.glob("*.onnx"))
     mtime = exported[0].stat().st_mtime

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.catalogue import discover
+from core.catalogue.folders import discover
 from core.errors import ShoeSearchError
-from core.ingest_service import IngestService
-from core.query_mix import Term, mix, split_words, terms
-from core.sample_catalogue import make_catalogue
-from core.search_service import SearchService, build_where
-from core.store import EdgeStore, QdrantClientStore, average_vector
+from core.pipeline.ingest import IngestService
+from core.search.query_mix import Term, mix, split_words, terms
+from core.search.service import SearchService, build_where
+from core.store.base import average_vector
+from core.store.edge import EdgeStore
+from core.store.qdrant import QdrantClientStore
+from tools.sample_catalogue import make_catalogue
 
 
 def _unit(v):
@@ -59,7 +61,7 @@ def test_words_are_split_and_weighted():
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, tiny_clip_dir):
-    from core.embedder import ClipEmbedder
+    from core.vision.embedder import ClipEmbedder
     from tests.conftest import BlobDetector
 
     root = tmp_path_factory.mktemp("mix")
@@ -239,8 +241,8 @@ def test_refine_gives_the_same_answers_on_both_stores(indexed):
 def test_with_a_projection_head_refine_uses_the_head_and_words_stay_raw(indexed, tmp_path):
     """Liked crops are photos: refinement searches the head's collection with projected vectors.
     Words live in the raw CLIP space: photo + words searches the raw collection."""
-    from core.head_index import HeadIndex
-    from core.tuning import HeadInfo, ProjectionHead
+    from core.quality.head_index import HeadIndex
+    from core.quality.tune import HeadInfo, ProjectionHead
 
     catalogue, store, base, points = indexed
     weight = np.random.default_rng(5).normal(size=(8, store.info().dimension)).astype(np.float32)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from core.review import SAME, Decisions, DecisionsError, PairInput, crop_key, product_key
-from core.sample_catalogue import make_catalogue
+from core.duplicates.review import SAME, Decisions, DecisionsError, PairInput, crop_key, product_key
 from ingest.cli import app
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 
@@ -38,7 +38,7 @@ def indexed(cli_env, tmp_path):
 
 
 def payloads(tmp_path) -> list[dict]:
-    from core.store import EdgeStore
+    from core.store.edge import EdgeStore
 
     store = EdgeStore(tmp_path / "data" / "qdrant-edge", "shoes")
     try:
@@ -82,7 +82,7 @@ def test_decisions_persist_latest_wins_and_pairs_are_unordered(tmp_path):
 
 WRITER = """
 import signal, sys
-from core.review import Decisions, PairInput, crop_key
+from core.duplicates.review import Decisions, PairInput, crop_key
 signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; a write past RLIMIT_FSIZE now kills
 store = Decisions(sys.argv[1], "shoes")
 k = 0

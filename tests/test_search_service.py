@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.catalogue import discover
+from core.catalogue.folders import discover
 from core.errors import EmptyIndex, SchemaMismatch, ShoeSearchError
-from core.ingest_service import IngestService
-from core.sample_catalogue import make_catalogue
-from core.search_service import SearchService, build_where
-from core.store import EdgeStore
+from core.pipeline.ingest import IngestService
+from core.search.service import SearchService, build_where
+from core.store.edge import EdgeStore
+from tools.sample_catalogue import make_catalogue
 
 
 @pytest.fixture

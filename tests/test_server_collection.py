@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
+from core.app import server_collection_config
 from core.errors import ShoeSearchError
 from core.settings import Settings, load_settings
-from core.store import INDEXED_KEYWORDS, QdrantClientStore, ServerCollectionConfig, StoredPoint
-from core.wiring import server_collection_config
+from core.store.base import INDEXED_KEYWORDS, StoredPoint
+from core.store.qdrant import QdrantClientStore, ServerCollectionConfig
 
 DIM = 4
 CLUSTER_ENV = {

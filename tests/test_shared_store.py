@@ -1,7 +1,7 @@
 """`ingest` commands while search-ui runs on the embedded store: real processes only.
 
 search-ui (tiny CLIP, no detector) runs as a subprocess and holds the store; `python -m ingest`
-runs in other subprocesses and reaches the store through it (core/store_host.py). Every
+runs in other subprocesses and reaches the store through it (core/store/host.py). Every
 command's stdout, stderr and exit code must equal the same command's against a stopped UI.
 """
 
@@ -24,10 +24,10 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from core.sample_catalogue import make_catalogue
-from core.store_host import PREFIX, find_host, host_file
+from core.store.host import PREFIX, find_host, host_file
 from tests.store_host_server import free_port
 from tests.ui.browser import needs_browser
+from tools.sample_catalogue import make_catalogue
 
 STORE = Path("data") / "qdrant-edge"  # DATA_DIR is `data` under each run's working folder
 

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from core.errors import SchemaMismatch, StoreLocked
-from core.store import Contains, EdgeStore, QdrantClientStore, StoredPoint
+from core.store.base import Contains, StoredPoint
+from core.store.edge import EdgeStore
+from core.store.qdrant import QdrantClientStore
 
 DIM = 16
 
@@ -29,7 +31,7 @@ def _open(kind, tmp_path):
 @pytest.fixture(params=["edge", "qdrant-client", "remote"])
 def store(request, tmp_path):
     if request.param == "remote":  # an Edge store held by a StoreHost, reached as another process would
-        from core.store_host import RemoteStore, open_embedded
+        from core.store.host import RemoteStore, open_embedded
         from tests.store_host_server import serving
 
         holder = EdgeStore(tmp_path / "edge", "shoes")
@@ -166,7 +168,7 @@ def test_edge_store_is_locked_against_a_second_process(tmp_path):
         code = textwrap.dedent(f"""
             from pathlib import Path
             from core.errors import StoreLocked
-            from core.store import EdgeStore
+            from core.store.edge import EdgeStore
             try:
                 EdgeStore(Path({str(tmp_path / 'edge')!r}), "shoes")
             except StoreLocked as exc:
@@ -187,7 +189,8 @@ def test_edge_lock_is_released_when_the_holder_is_killed(tmp_path):
         import os, sys, time
         from pathlib import Path
         import numpy as np
-        from core.store import EdgeStore, StoredPoint
+        from core.store.base import StoredPoint
+        from core.store.edge import EdgeStore
         s = EdgeStore(Path({str(tmp_path / 'edge')!r}), "shoes")
         s.ensure_collection("m", {DIM})
         s.upsert([StoredPoint("00000000-0000-0000-0000-000000000001", {{"factory": "a"}}, np.ones({DIM}))])

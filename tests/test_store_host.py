@@ -1,4 +1,4 @@
-"""core/store_host.py in one process: the UI's handlers over a held store, served on a small
+"""core/store/host.py in one process: the UI's handlers over a held store, served on a small
 server; RemoteStores reach it as another process would (tests/test_shared_store.py runs the
 real search-ui and CLI as separate processes)."""
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from core.errors import StoreLocked, StoreUnavailable
-from core.store_host import RemoteStore, _is_local_client, connect_url, open_embedded
+from core.store.host import RemoteStore, _is_local_client, connect_url, open_embedded
 from tests.store_host_server import serving
 
 
@@ -99,7 +99,7 @@ def test_a_second_ui_on_a_served_store_is_refused(host, handlers):
 
 
 def test_a_collection_the_holder_does_not_hold_is_named(host, handlers):
-    from core.store_host import find_host
+    from core.store.host import find_host
 
     with pytest.raises(StoreUnavailable, match="not collection 'other' \\(it serves shoes\\)"):
         RemoteStore.connect(find_host(handlers.settings.embedded_store_dir, "shoes"), "other")

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from core.embedder import ClipEmbedder
 from core.errors import ModelUnavailable, SchemaMismatch
-from core.sample_catalogue import make_catalogue
-from core.store import EdgeStore, QdrantClientStore
+from core.store.edge import EdgeStore
+from core.store.qdrant import QdrantClientStore
+from core.vision.embedder import ClipEmbedder
 from ingest.cli import app
 from tests.tiny_models import build_tiny_multilingual_text_model
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 
@@ -105,10 +106,10 @@ def test_cli_indexes_with_the_text_model_and_refuses_another(cli_env, tiny_text_
 
 
 def test_ui_start_up_refuses_another_text_model(ui_settings, tiny_text_dir, tiny_clip_dir):
-    from core.catalogue import discover
-    from core.ingest_service import IngestService
-    from core.store import EdgeStore
-    from core.wiring import build_embedder
+    from core.app import build_embedder
+    from core.catalogue.folders import discover
+    from core.pipeline.ingest import IngestService
+    from core.store.edge import EdgeStore
     from search_ui.app import create_handlers
     from tests.conftest import BlobDetector
 
@@ -131,8 +132,8 @@ def test_ui_start_up_refuses_another_text_model(ui_settings, tiny_text_dir, tiny
 
 
 def test_export_and_import_keep_the_text_model(tmp_path):
-    from core.store import StoredPoint
-    from core.transfer import export_points, import_points
+    from core.store.base import StoredPoint
+    from core.store.transfer import export_points, import_points
 
     source = EdgeStore(tmp_path / "a", "shoes")
     target = EdgeStore(tmp_path / "b", "shoes")

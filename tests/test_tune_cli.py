@@ -8,11 +8,11 @@ import json
 from PIL import Image
 from typer.testing import CliRunner
 
-from core.sample_catalogue import make_catalogue
+from core.quality.tune import ProjectionHead
 from core.settings import Settings
-from core.store import EdgeStore
-from core.tuning import ProjectionHead
+from core.store.edge import EdgeStore
 from ingest.cli import app
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 
@@ -69,7 +69,7 @@ def test_head_problems_are_one_line(cli_env, tmp_path, monkeypatch):
 
     import numpy as np
 
-    from core.tuning import HeadInfo
+    from core.quality.tune import HeadInfo
 
     catalogue = make_catalogue(tmp_path / "shoes", factories=1, products_per_factory=2, variants_per_product=1)
     _ok("add", str(catalogue.factory_dir("factory_a")))

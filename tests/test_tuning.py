@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import ShoeSearchError
-from core.tuning import ProjectionHead, split_products, train_head
+from core.quality.tune import ProjectionHead, split_products, train_head
 
 
 def synthetic(products: int = 120, photos: int = 4, dim: int = 64, signal_dims: int = 16, seed: int = 0):

@@ -1,4 +1,4 @@
-"""core.uploads: hostile archives, the usual zip layouts, re-upload idempotence, one clear
+"""core.catalogue.uploads: hostile archives, the usual zip layouts, re-upload idempotence, one clear
 message per bad entry, bounded memory. Every archive is built here, names written raw."""
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.errors import SchemaMismatch
-from core.ingest_service import IngestService
-from core.store import EdgeStore
-from core.uploads import (
+from core.catalogue.uploads import (
     TooLarge,
     UploadLimits,
     UploadRefused,
@@ -30,6 +27,9 @@ from core.uploads import (
     display_name,
     stage_upload,
 )
+from core.errors import SchemaMismatch
+from core.pipeline.ingest import IngestService
+from core.store.edge import EdgeStore
 from tests.conftest import BlobDetector, CountingEmbedder
 
 MIB = 1024 * 1024

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from core.catalogue import discover
-from core.ingest_service import IngestService
-from core.store import EdgeStore
+from core.catalogue.folders import discover
+from core.pipeline.ingest import IngestService
+from core.store.edge import EdgeStore
 from ingest.cli import app
 
 runner = CliRunner()

@@ -2,7 +2,7 @@
 ends in the state of a clean run, with no orphans (head points without a point, thumbnails
 without a point, group ids the sidecar does not know).
 
-The process kills itself with SIGKILL at an exact step (SHOE_SEARCH_CRASH_AT, core.journal);
+The process kills itself with SIGKILL at an exact step (SHOE_SEARCH_CRASH_AT, core.pipeline.journal);
 nothing in it can run after that point, as with a power cut.
 """
 
@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.embedder import model_id_for
-from core.head_index import head_collection
-from core.journal import CRASH_ENV
-from core.sample_catalogue import make_catalogue
-from core.store import EdgeStore, StoredPoint, _copy_sparse
-from core.tuning import HeadInfo, ProjectionHead
+from core.pipeline.journal import CRASH_ENV
+from core.quality.head_index import head_collection
+from core.quality.tune import HeadInfo, ProjectionHead
+from core.store.base import StoredPoint
+from core.store.edge import EdgeStore
+from core.store.lock import _copy_sparse
+from core.vision.embedder import model_id_for
+from tools.sample_catalogue import make_catalogue
 
 COLLECTION = "shoes"
 

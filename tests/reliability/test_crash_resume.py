@@ -11,9 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from core.sample_catalogue import make_catalogue
-from core.store import EdgeStore
+from core.store.edge import EdgeStore
 from tests.conftest import two_shoes_photo
+from tools.sample_catalogue import make_catalogue
 
 
 def _env(data_dir: Path, clip: Path) -> dict[str, str]:

@@ -11,10 +11,11 @@ from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
 from core.errors import SchemaMismatch, ShoeSearchError
-from core.sample_catalogue import make_catalogue
-from core.store import EdgeStore, QdrantClientStore
-from core.transfer import export_points, import_points
+from core.store.edge import EdgeStore
+from core.store.qdrant import QdrantClientStore
+from core.store.transfer import export_points, import_points
 from ingest.cli import app
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 

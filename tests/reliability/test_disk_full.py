@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from core.errors import DiskFull
-from core.sample_catalogue import make_catalogue
-from core.store import EdgeStore, StoredPoint
+from core.store.base import StoredPoint
+from core.store.edge import EdgeStore
+from tools.sample_catalogue import make_catalogue
 
 MARGIN_MB = 20
 
@@ -156,13 +157,13 @@ def test_add_stops_with_one_line_reads_go_on_and_a_rerun_converges(small_disk, t
 
 def test_a_store_write_below_the_margin_is_refused_and_changes_nothing(tmp_path, monkeypatch):
     """The same check without a mount (any user): the free space is what statvfs says."""
-    import core.diskspace
+    import core.store.diskspace
 
     store = EdgeStore(tmp_path / "edge", "shoes", min_free_mb=50)
     try:
         store.ensure_collection("m", 4)
         store.upsert([StoredPoint("00000000-0000-0000-0000-000000000001", {"factory": "a"}, np.ones(4))])
-        monkeypatch.setattr(core.diskspace, "free_mb", lambda path: 49.5)
+        monkeypatch.setattr(core.store.diskspace, "free_mb", lambda path: 49.5)
         for write in (lambda: store.upsert([StoredPoint("00000000-0000-0000-0000-000000000002", {}, np.ones(4))]),
                       lambda: store.set_payload(["00000000-0000-0000-0000-000000000001"], {"factory": "b"}),
                       lambda: store.delete(["00000000-0000-0000-0000-000000000001"])):

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from core.sample_catalogue import make_catalogue
+from tools.sample_catalogue import make_catalogue
 
-HOLD = ("import sys; from core.store import EdgeStore; store = EdgeStore(sys.argv[1], 'shoes'); "
+HOLD = ("import sys; from core.store.edge import EdgeStore; store = EdgeStore(sys.argv[1], 'shoes'); "
         "print('held', flush=True); sys.stdin.readline(); store.close(); print('released', flush=True)")
 
 

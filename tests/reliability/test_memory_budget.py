@@ -89,7 +89,7 @@ def test_ingest_stays_within_its_memory_budget_on_hostile_photos(tmp_path, tiny_
     # Fewer malloc arenas: less address space reserved per thread, so the limit measures photos.
     env = {**os.environ, **settings, "MALLOC_ARENA_MAX": "2"}
 
-    from core.wiring import ingest_service
+    from core.app import ingest_service
 
     budget = ingest_service(Settings(_env_file=None, **{k.lower(): v for k, v in settings.items()}), None).memory_budget()
     assert budget is not None and budget < 1_000_000_000
@@ -120,7 +120,7 @@ def test_ingest_stays_within_its_memory_budget_on_hostile_photos(tmp_path, tiny_
 def test_an_extreme_crop_embeds_like_its_centre_without_blowing_up(tiny_embedder):
     """CLIP scales a crop's short side to 224 and keeps the centre square: a 100:1 crop embeds
     (almost) exactly as without the cut, and a 200000x1 crop embeds at all."""
-    from core.embedder import centre_within_aspect
+    from core.vision.embedder import centre_within_aspect
 
     strip = Image.new("RGB", (2000, 20), (240, 240, 240))
     strip.paste(Image.new("RGB", (20, 20), (200, 20, 20)), (990, 0))  # something in the centre

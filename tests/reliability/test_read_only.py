@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.embedder import model_id_for
-from core.sample_catalogue import make_catalogue
-from core.tuning import HeadInfo, ProjectionHead
+from core.quality.tune import HeadInfo, ProjectionHead
+from core.vision.embedder import model_id_for
+from tools.sample_catalogue import make_catalogue
 
 NOBODY = 65534
 

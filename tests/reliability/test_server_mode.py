@@ -12,15 +12,15 @@ from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
 from typer.testing import CliRunner
 
-from core.catalogue import discover
-from core.detector import NoDetector
+from core.catalogue.folders import discover
 from core.errors import EmptyIndex
-from core.ingest_service import IngestService
-from core.sample_catalogue import make_catalogue
-from core.search_service import SearchService
-from core.store import QdrantClientStore
+from core.pipeline.ingest import IngestService
+from core.search.service import SearchService
+from core.store.qdrant import QdrantClientStore
+from core.vision.detector import NoDetector
 from ingest.cli import app
 from tests.conftest import _free_port
+from tools.sample_catalogue import make_catalogue
 
 runner = CliRunner()
 

@@ -10,7 +10,6 @@ import httpx
 from gradio_client import Client
 
 
-
 def test_only_thumbnails_under_data_dir_are_served(served, handlers, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("do not serve me")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.catalogue import discover
+from core.catalogue.folders import discover
 from tests.conftest import two_shoes_photo
 from tests.ui.browser import needs_browser
 
@@ -314,7 +314,7 @@ def run_duplicates(page, reports: Path) -> Path:
 
 def test_review_reject_confirm_by_keyboard_then_recluster_lower(served, page_of, handlers, shot):
     """Reject a member, confirm the rest with the keyboard, rerun lower: the rejected pair stays apart."""
-    from core.review import DIFFERENT, SAME
+    from core.duplicates.review import DIFFERENT, SAME
 
     page = page_of(served)
     page.get_by_role("tab", name="Duplicates").click()
@@ -507,9 +507,9 @@ def test_a_result_as_the_query_photo_plus_words(served, page_of, sample):
 
 
 def test_photo_by_url(served, page_of, handlers, sample, shot):
+    import threading
     from functools import partial
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-    import threading
 
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, *args):

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.store import EdgeStore
-from core.search_service import SearchService
-from core.ingest_service import IngestService
+from core.pipeline.ingest import IngestService
+from core.search.service import SearchService
+from core.store.edge import EdgeStore
 from search_ui.handlers import Handlers
 from tests.conftest import BlobDetector, two_shoes_photo
 
@@ -328,7 +328,7 @@ def test_review_confirm_reject_and_recluster_lower(handlers):
 
 
 def test_review_representative_and_product_links(handlers):
-    from core.review import product_groups
+    from core.duplicates.review import product_groups
 
     found = handlers.find_duplicates(0.99, 0.97, "all", [], "crop", "complete")
     cross = next(g for g in found.groups if len(g["factories"]) > 1 and g["tier"] == "duplicate")

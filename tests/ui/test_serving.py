@@ -96,11 +96,11 @@ def _serve(tmp_path, env_extra, timeout=120):
 
 
 def test_a_collection_of_another_model_refuses_start_up(tmp_path, tiny_clip_dir, sample):
-    from core.catalogue import discover
-    from core.detector import NoDetector
-    from core.embedder import ClipEmbedder
-    from core.ingest_service import IngestService
-    from core.store import EdgeStore
+    from core.catalogue.folders import discover
+    from core.pipeline.ingest import IngestService
+    from core.store.edge import EdgeStore
+    from core.vision.detector import NoDetector
+    from core.vision.embedder import ClipEmbedder
 
     store = EdgeStore(tmp_path / "data" / "qdrant-edge", "shoes")
     embedder = ClipEmbedder(str(tiny_clip_dir), device="cpu", precision="fp32")

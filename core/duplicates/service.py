@@ -6,7 +6,7 @@ reviewed) and in the points' payload (`group_identical`, `group_phash`, `group_d
 `group_similar`), so searches can filter by group. Payloads are written first, the sidecar last
 (atomically); each run compares every point's payload with the groups it should carry, so group
 ids left by a killed run (in payloads, unknown to the sidecar) are cleared by the next run.
-Review decisions (core.review) sit beside the sidecar and bind every run.
+Review decisions (core.duplicates.review) sit beside the sidecar and bind every run.
 """
 
 from __future__ import annotations
@@ -25,14 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from core import photo_hash, review
-from core.clustering import (
-    ClusterSettings, Constraints, Group, Items, assign_stable_ids, calibrate, cluster, overlap_matrix,
+from core.domain.types import GROUP_KEY_PREFIX
+from core.duplicates import photo_hash, review
+from core.duplicates.groups import (
+    ClusterSettings,
+    Constraints,
+    Group,
+    Items,
+    assign_stable_ids,
+    calibrate,
+    cluster,
+    overlap_matrix,
 )
 from core.errors import EmptyIndex, ShoeSearchError
-from core.models import GROUP_KEY_PREFIX
-from core.journal import crash_point
-from core.store import Store
+from core.pipeline.journal import crash_point
+from core.store.base import Store
 
 TIERS = ("identical", "phash", "duplicate", "similar")
 PAYLOAD_KEY = {tier: f"{GROUP_KEY_PREFIX}{tier}" for tier in TIERS}

@@ -12,7 +12,7 @@ the block size, never N x N). `scope` keeps all pairs, cross-factory pairs only 
 same shoe) or within-factory pairs only. `level="product"` aggregates crops to products: a
 product pair scores its best crop pair.
 
-Review decisions (`Constraints`, content keys from core.review) bind every tier, threshold and
+Review decisions (`Constraints`, content keys from core.duplicates.review) bind every tier, threshold and
 linkage: a pair decided `different` never shares a group, pairs decided `same` are grouped
 whatever their similarity, and a group whose members are all joined by `same` decisions is
 `reviewed`.
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core import photo_hash, review
+from core.duplicates import photo_hash, review
 
 Scope = Literal["all", "cross-factory", "within-factory"]
 Level = Literal["crop", "product"]
@@ -196,7 +196,7 @@ class ClusterSettings:
 
 @dataclass(frozen=True)
 class Constraints:
-    """Review decisions as pairs of content keys (core.review): `same` pairs stay in one group at
+    """Review decisions as pairs of content keys (core.duplicates.review): `same` pairs stay in one group at
     any threshold, `different` pairs never share one; `representatives` are crop keys preferred
     as their group's representative."""
 

@@ -125,14 +125,10 @@ def embed(session, image_processor, images: list, batch_size: int) -> np.ndarray
 
 
 def agreement(model, session, image_processor) -> float:
-    """Lowest cosine between int8 and fp32 image embeddings on generated shoe photos."""
-    import random
+    """Lowest cosine between int8 and fp32 image embeddings on drawn shoe photos."""
+    from core.vision.drawn_shoes import probe_photos
 
-    from core.sample_catalogue import draw_shoe, random_design
-
-    rng = random.Random(0)
-    photos = [draw_shoe(random_design(rng), (320, 240), background, seed=k)[0]
-              for k, background in enumerate(["plain", "tinted", "stripes", "noise"] * 2)]
+    photos = probe_photos()
     fast = embed(session, image_processor, photos, len(photos))
     exact = np.asarray(model.encode(photos, normalize_embeddings=True, convert_to_numpy=True,
                                     show_progress_bar=False), dtype=np.float32)

@@ -1,6 +1,6 @@
 """Search: embed a query (text or photo), then ask the store with payload filters.
 
-Also photo + words (`core.query_mix`: one formula) and like / dislike refinement (the store's
+Also photo + words (`core.search.query_mix`: one formula) and like / dislike refinement (the store's
 recommend query over the liked and disliked crops' stored vectors).
 """
 
@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.detector import Detector, NoDetector
-from core.embedder import Embedder, QueryText, text_model_of
+from core.domain.types import Detection, Hit
 from core.errors import EmptyIndex, ShoeSearchError
-from core.images import expand_box
-from core.models import Detection, Hit
-from core.query_mix import Term, mix
-from core.store import RECOMMEND_STRATEGIES, Store, Where, check_model
+from core.search.query_mix import Term, mix
+from core.store.base import RECOMMEND_STRATEGIES, Store, Where, check_model
+from core.vision.detector import Detector, NoDetector
+from core.vision.embedder import Embedder, QueryText, text_model_of
+from core.vision.images import expand_box
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -121,7 +121,7 @@ class SearchService:
     def search_image(self, image: Image.Image, where: Where | None = None, top_k: int = 10,
                      min_score: float | None = None, words: Sequence[Term] = ()) -> list[Hit]:
         """Search with a photo region as it is (pick one from `query_crops` first if needed);
-        with `words`, the photo plus those modifiers (`core.query_mix`)."""
+        with `words`, the photo plus those modifiers (`core.search.query_mix`)."""
         self._check_ready()
         if self.background_remover is not None:
             image = self.background_remover.remove([image])[0]

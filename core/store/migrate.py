@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from core.batches import iter_batches
 from core.errors import EmptyIndex, ShoeSearchError
-from core.store import Store
+from core.pipeline.batches import iter_batches
+from core.store.base import Store
 
 MIN_SAMPLE_COSINE = 0.9999
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from core.background import build_remover
-from core.detector import Detector, NoDetector, YoloDetector
-from core.embedder import ClipEmbedder
-from core.ingest_service import IngestService
-from core.search_service import SearchService
+from core.pipeline.ingest import IngestService
+from core.search.service import SearchService
 from core.settings import Settings
-from core.store import QdrantClientStore, ServerCollectionConfig, Store
-from core.store_host import open_embedded
+from core.store.base import Store
+from core.store.host import open_embedded
+from core.store.qdrant import QdrantClientStore, ServerCollectionConfig
+from core.vision.background import build_remover
+from core.vision.detector import Detector, NoDetector, YoloDetector
+from core.vision.embedder import ClipEmbedder
 
 
 def server_collection_config(settings: Settings) -> ServerCollectionConfig:
@@ -25,7 +26,7 @@ def server_collection_config(settings: Settings) -> ServerCollectionConfig:
 def open_store(settings: Settings, on_wait=None, write: bool = False) -> Store:
     """The server store when QDRANT_URL is set, else the embedded store (locked) under DATA_DIR.
 
-    An embedded store held by a running search UI is reached through it (core/store_host.py);
+    An embedded store held by a running search UI is reached through it (core/store/host.py);
     `write`: the caller will write, so it takes the UI's write lease. A store busy otherwise is
     waited for up to STORE_LOCK_WAIT seconds; `on_wait(holder, seconds)` hears when that starts."""
     if settings.qdrant_url:
@@ -71,8 +72,8 @@ def open_head_index(settings: Settings, store: Store, write: bool = False):
         return None
     from pathlib import Path
 
-    from core.head_index import HeadIndex, head_collection
-    from core.tuning import ProjectionHead
+    from core.quality.head_index import HeadIndex, head_collection
+    from core.quality.tune import ProjectionHead
 
     path = Path(settings.projection_head)
     if not path.is_file():

@@ -19,7 +19,7 @@ class PhotoSource:
 
 @dataclass(frozen=True)
 class CropPayload:
-    """The payload ingest computes for one stored crop (`core.ingest_service` builds it from
+    """The payload ingest computes for one stored crop (`core.pipeline.ingest` builds it from
     this class). A manifest's extra columns go beside it and may not use these names."""
 
     factory: str
@@ -38,7 +38,7 @@ class CropPayload:
     model: str
     background: str | None
     ingested_at: str
-    crop_phash: str | None = None  # 64-bit perceptual hash, 16 hex digits (core.photo_hash)
+    crop_phash: str | None = None  # 64-bit perceptual hash, 16 hex digits (core.duplicates.photo_hash)
 
     def to_payload(self, extras: dict[str, str]) -> dict[str, Any]:
         """Extras first, computed fields last: a computed field always wins."""
@@ -46,7 +46,7 @@ class CropPayload:
 
 
 COMPUTED_PAYLOAD_KEYS: tuple[str, ...] = tuple(f.name for f in fields(CropPayload))
-# `ingest cluster` writes group ids under keys starting with this (core.cluster_service).
+# `ingest cluster` writes group ids under keys starting with this (core.duplicates.service).
 GROUP_KEY_PREFIX = "group_"
 
 

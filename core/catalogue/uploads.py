@@ -1,7 +1,7 @@
 """Photos uploaded through the UI: checked names, safe zip extraction, staging under
 DATA_DIR/uploads/FACTORY, then one ingest run over exactly what the upload holds.
 
-Layout. A zip is read the way `ingest add FOLDER` reads a folder (core.catalogue): a photo in a
+Layout. A zip is read the way `ingest add FOLDER` reads a folder (core.catalogue.folders): a photo in a
 subfolder belongs to the product named by its first folder, a loose photo to the product named
 by its file stem. A zip whose photos all lie under one top folder (`zip -r acme.zip acme/`) is
 that folder zipped, so the top folder is unwrapped whatever its name (also when it is named like
@@ -46,13 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
-from core.catalogue import path_text
+from core.catalogue.folders import path_text
+from core.domain.types import IngestReport, PhotoSource
 from core.errors import ShoeSearchError
-from core.images import PHOTO_EXTENSIONS, file_sha256
-from core.models import IngestReport, PhotoSource
+from core.vision.images import PHOTO_EXTENSIONS, file_sha256
 
 if TYPE_CHECKING:
-    from core.ingest_service import IngestService
+    from core.pipeline.ingest import IngestService
 
 MIB = 1024 * 1024
 MAX_NAME_BYTES = 255  # one file or folder name (ext4, APFS, NTFS)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from core.domain.types import Detection
 from core.errors import ModelUnavailable
-from core.models import Detection
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -91,7 +91,7 @@ class YoloDetector:
                     f"or to 'none' to embed whole photos."
                 )
             if self._wants_onnx():
-                from core import onnx_yolo
+                from core.vision import onnx_yolo
 
                 try:
                     self._load_onnx()
@@ -110,12 +110,12 @@ class YoloDetector:
             return True
         if self.runtime != "auto":
             return False
-        from core.embedder import resolve_device
+        from core.vision.embedder import resolve_device
 
         return resolve_device(self.device) == "cpu"  # CUDA: torch in fp16
 
     def _load_torch(self):
-        from core.onnx_yolo import keep_thread_setting
+        from core.vision.onnx_yolo import keep_thread_setting
 
         try:
             with keep_thread_setting():
@@ -145,7 +145,7 @@ class YoloDetector:
 
     def _load_onnx(self) -> None:
         """The cached export (made on first use) of the weights file; int8 as `precision` says."""
-        from core import onnx_yolo
+        from core.vision import onnx_yolo
 
         weights = Path(self.name)
         if not weights.is_file():  # a name ultralytics downloads: let it fetch the file first
@@ -173,7 +173,7 @@ class YoloDetector:
     @staticmethod
     def _int8(fp32_path: Path, int8_path: Path):
         """The int8 sibling of the fp32 export, quantized again when missing, older or unreadable."""
-        from core import onnx_yolo
+        from core.vision import onnx_yolo
 
         record = int8_path.with_name(int8_path.stem + ".agreement.json")
         if int8_path.exists() and int8_path.stat().st_mtime >= fp32_path.stat().st_mtime:

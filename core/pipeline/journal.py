@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core.diskspace import writing
+from core.store.diskspace import writing
 
 CRASH_ENV = "SHOE_SEARCH_CRASH_AT"
 _crash_hits: Counter[str] = Counter()

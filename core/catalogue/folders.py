@@ -21,9 +21,9 @@ from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
+from core.domain.types import PhotoSource, reserved_payload_key
 from core.errors import ManifestError, NotAFactoryFolder, UnknownFactory
-from core.images import PHOTO_EXTENSIONS, is_photo
-from core.models import PhotoSource, reserved_payload_key
+from core.vision.images import PHOTO_EXTENSIONS, is_photo
 
 # Columns a manifest may have besides extras: they feed the computed payload keys of the same name.
 MANIFEST_COLUMNS = ("path", "product_id", "factory")

@@ -6,7 +6,7 @@ tiny real models or a fake detector, and the CLI and the UI share one code path.
 Each batch is written in an order where the last step commits it: thumbnails, then the head's
 points, then the points (a point present means its thumbnail and head point are there); a
 removal deletes head points, then points, then thumbnails. Both steps are recorded first in a
-journal (`core.journal`): the next `add` or `remove` replays what a killed run left, undoing an
+journal (`core.pipeline.journal`): the next `add` or `remove` replays what a killed run left, undoing an
 uncommitted batch (its thumbnails and head points) and finishing a removal.
 """
 
@@ -23,19 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from core.batches import iter_batches
-from core.catalogue import path_text
-from core.detector import Detector
-from core.embedder import Embedder, text_model_of
-from core.diskspace import DEFAULT_MIN_FREE_MB, require_free_space, writing
+from core.catalogue.folders import path_text
+from core.domain.ids import point_id
+from core.domain.types import CropPayload, Detection, FailedPhoto, IngestReport, PhotoSource
+from core.duplicates.photo_hash import PAYLOAD_KEY as PHASH_KEY
+from core.duplicates.photo_hash import crop_phash
 from core.errors import BadImage, DiskFull, ShoeSearchError, StoreUnavailable
-from core.ids import point_id
-from core.images import PixelBudget, expand_box, file_sha256, read_photo, save_thumbnail
-from core.journal import Journal, crash_point
-from core.models import CropPayload, Detection, FailedPhoto, IngestReport, PhotoSource
-from core.photo_hash import PAYLOAD_KEY as PHASH_KEY
-from core.photo_hash import crop_phash
-from core.store import Store, StoredPoint, check_model
+from core.pipeline.batches import iter_batches
+from core.pipeline.journal import Journal, crash_point
+from core.store.base import Store, StoredPoint, check_model
+from core.store.diskspace import DEFAULT_MIN_FREE_MB, require_free_space, writing
+from core.vision.detector import Detector
+from core.vision.embedder import Embedder, text_model_of
+from core.vision.images import PixelBudget, expand_box, file_sha256, read_photo, save_thumbnail
 
 # Past this many points the embedded store builds its HNSW index after an ingest run.
 OPTIMIZE_MIN_POINTS = 20_000
@@ -95,8 +95,8 @@ class IngestService:
         # Full-size decodes in flight (all workers) hold at most one MAX_IMAGE_PIXELS photo's pixels.
         self.decode_budget = PixelBudget(max_image_pixels)
         self.workers = workers
-        self.head_index = head_index  # core.head_index.HeadIndex: projected vectors kept in step
-        self.background_remover = background_remover  # core.background: applied before embedding only
+        self.head_index = head_index  # core.quality.head_index.HeadIndex: projected vectors kept in step
+        self.background_remover = background_remover  # core.vision.background: applied before embedding only
         self.min_free_mb = min_free_mb
         self._journal: Journal | None = None
         self._collection_ready = False

@@ -258,7 +258,7 @@ class ClipEmbedder:
 
     def _load_int8(self) -> None:
         """Use the cached int8 ONNX image tower (export it on first use) if it agrees with fp32."""
-        from core import onnx_clip
+        from core.vision import onnx_clip
 
         try:
             session, processor, exported = onnx_clip.load_int8_image_encoder(self._model, self.model_id, self.cache_dir)
@@ -291,7 +291,7 @@ class ClipEmbedder:
         if self._crops_centred:  # memory per crop stays bounded whatever its shape
             images = [centre_within_aspect(img) for img in images]
         if self._image_session is not None and images:
-            from core import onnx_clip
+            from core.vision import onnx_clip
 
             return onnx_clip.embed(self._image_session, self._image_processor, list(images), self.batch_size)
         return self._encode(list(images))

@@ -4,7 +4,7 @@ crops of one product are closer (the older fine-tuning script's idea, done prope
 - Training data: vectors read from the store, labelled by (factory, product); products are
   split into train / validation (whole products, never crops of one product on both sides).
 - Loss: multiple-negatives ranking (InfoNCE over a batch of products, two photos each) or
-  batch-hard triplet. Early stopping on validation mAP (leave-one-out, `core.evaluation`).
+  batch-hard triplet. Early stopping on validation mAP (leave-one-out, `core.quality.metrics`).
 - The head is one linear map (+ L2 normalisation), saved as `.npz` with its metadata (base
   model, sizes, data hash, metrics before/after) and applied with numpy.
 """
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ShoeSearchError
-from core.evaluation import leave_one_out
+from core.quality.metrics import leave_one_out
 
 HEAD_FORMAT = "shoe-search-projection-head"
 HEAD_VERSION = 1

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from core.cluster_service import load_items
-from core.clustering import Items
-from core.embedder import Embedder
+from core.duplicates.groups import Items
+from core.duplicates.service import load_items
 from core.errors import BadImage, EmptyIndex, ShoeSearchError
-from core.evaluation import Evaluation, leave_one_out, text_queries
-from core.images import load_photo
-from core.store import Store
+from core.quality.metrics import Evaluation, leave_one_out, text_queries
+from core.store.base import Store
+from core.vision.embedder import Embedder
+from core.vision.images import load_photo
 
 
 def _labels(items: Items) -> tuple[list[str], list[str], list[str]]:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.batches import iter_batches
 from core.errors import EmptyIndex, ShoeSearchError
-from core.store import Store, StoredPoint, Where
+from core.pipeline.batches import iter_batches
+from core.store.base import Store, StoredPoint, Where
 
 FORMAT = "shoe-search-points"
 VERSION = 1

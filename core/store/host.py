@@ -47,9 +47,10 @@ from typing import Any
 import numpy as np
 
 from core import errors
+from core.domain.types import Hit
 from core.errors import ShoeSearchError, StoreLocked, StoreUnavailable
-from core.models import Hit
-from core.store import CollectionInfo, Contains, EdgeStore, Store, StoredPoint, Where
+from core.store.base import CollectionInfo, Contains, Store, StoredPoint, Where
+from core.store.edge import EdgeStore
 
 PREFIX = "/_store/v1"
 PROTOCOL = 1
@@ -643,7 +644,7 @@ class RemoteStore:
 
     def recommend(self, positive, negative=(), where: Where | None = None, limit: int = 10,
                   score_threshold: float | None = None, strategy: str = "average_vector") -> list[Hit]:
-        from core.store import _check_recommend
+        from core.store.base import _check_recommend
 
         _check_recommend(positive, negative, strategy)  # refused here, as the local stores do
         hits = self.link.call(self.collection, "recommend", positive=[_vector_out(v) for v in positive],

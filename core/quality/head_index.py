@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from core.batches import iter_batches
-from core.models import Hit
-from core.store import Store, StoredPoint, Where
-from core.tuning import ProjectionHead
+from core.domain.types import Hit
+from core.pipeline.batches import iter_batches
+from core.quality.tune import ProjectionHead
+from core.store.base import Store, StoredPoint, Where
 
 
 def head_collection(collection: str, head: ProjectionHead) -> str:

@@ -10,7 +10,7 @@ What a fetch allows (all checked on every redirect hop):
   (a larger Content-Length is refused before reading, a body without one is cut at the limit);
 - the whole fetch, DNS and redirects included, within `timeout` seconds: a watchdog shuts the
   socket at the deadline, so a server that sends one byte a second cannot hold a request;
-- the bytes are decoded by `core.images.load_photo` (size limit in pixels, EXIF, any mode to RGB).
+- the bytes are decoded by `core.vision.images.load_photo` (size limit in pixels, EXIF, any mode to RGB).
 
 Proxies (HTTP_PROXY) are not used. Every failure is one ImageUrlError line.
 """
@@ -235,7 +235,7 @@ def fetch_photo(url: str, limits: UrlLimits, max_pixels: int):
         path = Path(folder) / f"photo{_SUFFIXES.get(content_type, '.img')}"
         path.write_bytes(data)
         try:
-            from core.images import load_photo
+            from core.vision.images import load_photo
 
             return load_photo(path, max_pixels)
         except BadImage as exc:
