@@ -30,7 +30,7 @@ from core.store.base import (
     check_model,
 )
 from core.store.diskspace import DEFAULT_MIN_FREE_MB, free_mb, is_read_only_error, require_free_space
-from core.store.lock import _copy_sparse, _ProcessLock, _ReadLock
+from core.store.lock import ProcessLock, ReadLock, copy_sparse
 
 
 class EdgeStore:
@@ -62,13 +62,13 @@ class EdgeStore:
         self._lock = threading.RLock()
         self._info: CollectionInfo | None = None  # the record never changes once written
         try:
-            self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
+            self._process_lock = ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
                                               wait=lock_wait, on_wait=on_wait, while_busy=while_busy)
         except OSError as exc:
             if not is_read_only_error(exc):
                 raise
             self.read_only = True
-            self._process_lock = _ReadLock(self.directory / f"{collection}.lock", str(self.shard_dir))
+            self._process_lock = ReadLock(self.directory / f"{collection}.lock", str(self.shard_dir))
         self._shard = None
         try:
             if self.meta_path.exists():
@@ -85,7 +85,7 @@ class EdgeStore:
         if copy:
             try:
                 self._copy = Path(tempfile.mkdtemp(prefix=f"shoe-search-readonly-{self.collection}-"))
-                _copy_sparse(self.shard_dir, self._copy / self.collection)
+                copy_sparse(self.shard_dir, self._copy / self.collection)
                 path = self._copy / self.collection
             except OSError as exc:
                 self._discard_copy()
