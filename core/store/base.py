@@ -75,7 +75,13 @@ class Store(Protocol):
 
     location: str
     collection: str
+    servable: bool  # held by this process itself (embedded): a search UI can serve it to others (host.py)
+    holder: str | None  # the process this store is reached through (a search UI serving it); None if none
 
+    def beside(self, collection: str, write: bool = False) -> Store:
+        """Another collection in the same place, reached the same way (the projection head's index);
+        `write`: the caller will write to it."""
+        ...
     def info(self) -> CollectionInfo | None: ...
     def ensure_collection(self, model: str, dimension: int, text_model: str | None = None) -> CollectionInfo:
         """The collection's record, made on first use (with `text_model`, "" when None); an existing

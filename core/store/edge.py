@@ -57,6 +57,7 @@ class EdgeStore:
         self.meta_path = self.directory / f"{collection}.json"
         self.location = f"embedded store {self.shard_dir}"
         self.min_free_mb = min_free_mb
+        self.lock_wait = lock_wait
         self.read_only = False
         self._copy: Path | None = None  # the private copy a read-only or full-disk store is read from
         self._lock = threading.RLock()
@@ -103,6 +104,17 @@ class EdgeStore:
         if self._copy is not None:
             shutil.rmtree(self._copy, ignore_errors=True)
             self._copy = None
+
+    servable = True  # this process holds it: a search UI serves it to other processes
+    holder = None
+
+    def beside(self, collection: str, write: bool = False):
+        """`collection` under the same folder, opened as this one was (reached through its holder
+        when a search UI serves it)."""
+        from core.store.host import open_embedded
+
+        return open_embedded(self.directory, collection, wait=self.lock_wait, write=write,
+                             min_free_mb=self.min_free_mb)
 
     def check_writable(self, doing: str = "writing to the index", extra_mb: float = 0) -> None:
         if self.read_only:

@@ -74,7 +74,6 @@ class _Flaky:
 
     def __init__(self, client, failures: int) -> None:
         self._inner = client
-        self._client = client._client
         self.failures = failures
         self.upserts = 0
 
@@ -121,13 +120,11 @@ def test_non_transient_errors_are_not_retried():
     calls = []
 
     class Broken:
-        _client = type("QdrantLocal", (), {})()
-
         def upsert(self, *args, **kwargs):
             calls.append(1)
             raise ValueError("bad request")
 
-    store = QdrantClientStore(Broken(), "shoes", "x")
+    store = QdrantClientStore(Broken(), "shoes", "x", local=False)
     with pytest.raises(ValueError):
         store._write(lambda: store.client.upsert(), "upsert")
     assert len(calls) == 1
