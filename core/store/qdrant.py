@@ -84,6 +84,20 @@ def _is_missing_collection(exc: BaseException, local: bool) -> bool:
     return local and isinstance(exc, ValueError) and "not found" in str(exc).lower()
 
 
+def _error_text(exc: BaseException) -> str:
+    """The error in one line: a server's status and its own error text, else the error's words."""
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    text = str(exc)
+    if isinstance(exc, UnexpectedResponse):  # its str() adds the raw body on further lines
+        try:
+            detail = exc.structured()["status"]["error"]
+        except Exception:
+            detail = ""
+        text = f"{exc.status_code} {exc.reason_phrase} {detail}"
+    return " ".join(text.split())
+
+
 def is_local_client(client) -> bool:
     """Whether a QdrantClient runs in local mode (":memory:" or a path), from its public init_options."""
     options = client.init_options
@@ -298,7 +312,7 @@ class QdrantClientStore:
                     raise
                 if delay is None:
                     raise StoreUnavailable(
-                        f"{what} to {self.location} failed after {attempt} tries ({type(exc).__name__}: {exc})"
+                        f"{what} to {self.location} failed after {attempt} tries ({type(exc).__name__}: {_error_text(exc)})"
                     ) from exc
                 time.sleep(delay)
 
