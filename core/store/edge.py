@@ -1,4 +1,15 @@
-"""EdgeStore: Qdrant's own engine in process (qdrant-edge-py), the embedded default under DATA_DIR."""
+"""EdgeStore: Qdrant's own engine in process (qdrant-edge-py), the embedded default under DATA_DIR.
+
+One Edge shard per collection in `DATA_DIR/qdrant-edge/<collection>/`, its model record beside
+it in `<collection>.json`. Edge has no lock of its own and a second process opening a live shard
+breaks it, so the store holds core/store/lock.py's exclusive lock for as long as it is open
+(a search UI holding it serves it to other processes: core/store/host.py). Edge maps its files
+into memory, so on a full disk a write would die by SIGBUS: each write first checks
+MIN_FREE_DISK_MB (core/store/diskspace.py). Edge cannot open read-only files, so a read-only
+store (or one on a disk below the margin) is read from a private sparse copy. Unless told
+otherwise (`exact=False`), queries run exact up to EXACT_QUERY_MAX_POINTS, filtered ones always
+(Edge's HNSW misses hits).
+"""
 
 from __future__ import annotations
 

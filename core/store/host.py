@@ -1,8 +1,8 @@
 """One embedded store, several processes: the process holding it serves it to the others.
 
-Qdrant Edge lets one process open a shard (store.py holds a lock for that). The search UI holds
-the store for as long as it runs, so it also serves the store to other processes of the same
-user: `StoreHost` adds a few routes to the UI's own web server, and `RemoteStore` implements
+Qdrant Edge lets one process open a shard (EdgeStore holds core/store/lock.py's lock for that).
+The search UI holds the store for as long as it runs, so it also serves the store to other
+processes of the same user: `StoreHost` adds a few routes to the UI's own web server, and `RemoteStore` implements
 the `Store` contract over them. A CLI command that finds the store held by a serving UI runs
 its usual code with a `RemoteStore` instead of an `EdgeStore`: the same service calls, progress
 bars, output and exit codes, only the store operations travel (one code path, nothing to drift).

@@ -1,4 +1,12 @@
-"""QdrantClientStore: qdrant-client against a Qdrant server or cluster (QDRANT_URL), or its local mode."""
+"""QdrantClientStore: qdrant-client against a Qdrant server or cluster (QDRANT_URL), or its local mode.
+
+Failures are told apart by qdrant-client's, httpx's and grpc's own exception types: a write that
+failed for a transient reason (no answer, a timeout, 408/429/5xx, gRPC UNAVAILABLE) is retried
+with backoff, anything else is raised at once; connecting tells a refused API key (401/403)
+from an unreachable server, each in one line. `ServerCollectionConfig` carries the QDRANT_*
+layout (shards, replicas, tenant index, quantization) and search settings. Whether the client
+runs in local mode (no concurrent writes during reads there) is known from how it was made.
+"""
 
 from __future__ import annotations
 
