@@ -2,8 +2,8 @@
 
 Qdrant Edge lets one process open a shard (EdgeStore holds core/store/lock.py's lock for that).
 The search UI holds the store for as long as it runs, so it also serves the store to other
-processes of the same user: `StoreHost` adds a few routes to the UI's own web server, and `RemoteStore` implements
-the `Store` contract over them. A CLI command that finds the store held by a serving UI runs
+processes of the same user: `StoreHost` adds a few routes to the UI's own web server, and
+`RemoteStore` implements the `Store` contract over them. A CLI command that finds the store held by a serving UI runs
 its usual code with a `RemoteStore` instead of an `EdgeStore`: the same service calls, progress
 bars, output and exit codes, only the store operations travel (one code path, nothing to drift).
 
@@ -606,9 +606,9 @@ class RemoteStore:
     @classmethod
     def connect(cls, host: HostRecord, collection: str, write: bool = False, wait: float = 0.0,
                 on_wait=None, link: HostLink | None = None, said_wait: float | None = None,
-                **opening: Any) -> RemoteStore:
+                directory: Path | None = None, lock_wait: float = 0.0, min_free_mb: int | None = None) -> RemoteStore:
         """Reach `collection` on `host` (reusing `link` when it goes to the same holder); with
-        `write`, take the write lease first. `opening`: RemoteStore's directory, lock_wait, min_free_mb."""
+        `write`, take the write lease first. `directory`, `lock_wait`, `min_free_mb`: see __init__."""
         owns = link is None or link.host != host
         if owns:
             link = HostLink(host)
@@ -624,7 +624,8 @@ class RemoteStore:
             if owns:
                 link.close()
             raise
-        return cls(link, collection, served[collection], owns_link=owns, **opening)
+        return cls(link, collection, served[collection], owns_link=owns, directory=directory, lock_wait=lock_wait,
+                   min_free_mb=min_free_mb)
 
     def info(self) -> CollectionInfo | None:
         if self._info is None:  # once it exists, a collection's record never changes

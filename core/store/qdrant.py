@@ -319,9 +319,8 @@ class QdrantClientStore:
                 if not _is_transient(exc):
                     raise
                 if delay is None:
-                    raise StoreUnavailable(
-                        f"{what} to {self.location} failed after {attempt} tries ({type(exc).__name__}: {_error_text(exc)})"
-                    ) from exc
+                    raise StoreUnavailable(f"{what} to {self.location} failed after {attempt} tries "
+                                           f"({type(exc).__name__}: {_error_text(exc)})") from exc
                 time.sleep(delay)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
