@@ -82,13 +82,7 @@ def open_head_index(settings: Settings, store: Store, write: bool = False):
         raise ShoeSearchError(f"PROJECTION_HEAD {path} does not exist: train one with `ingest tune` or unset it.")
     head = ProjectionHead.load(path)
     name = head_collection(settings.qdrant_collection, head)
-    if isinstance(store, QdrantClientStore):
-        head_store = QdrantClientStore(store.client, name, store.location, store.config)
-    else:
-        head_store = open_embedded(settings.embedded_store_dir, name, wait=settings.store_lock_wait,
-                                   min_free_mb=settings.min_free_disk_mb,
-                                   write=write, beside=store)
-    index = HeadIndex(head, head_store)
+    index = HeadIndex(head, store.beside(name, write=write))
     info = store.info()
     if info is not None:
         index.check_base(info.model)

@@ -560,13 +560,12 @@ def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
     from core.errors import StoreLocked
     from core.search.service import SearchService
     from core.store.base import check_model
-    from core.store.host import is_remote
     from search_ui.handlers import Handlers
 
     store = open_store(settings)
-    if is_remote(store):  # another search-ui holds and serves this store
+    if store.holder is not None:  # another search-ui holds and serves this store
         store.close()
-        raise StoreLocked(f"The {store.location} is already served by {store.link.what}: use that one, "
+        raise StoreLocked(f"The {store.location} is already served by {store.holder}: use that one, "
                           f"or stop it first.")
     try:
         head = open_head_index(settings, store)
@@ -690,11 +689,10 @@ def port_in_use(host: str, port: int) -> bool:
 def serve_store(settings: "Settings", handlers: "Handlers", demo: "gr.Blocks"):
     """Serve the embedded store this UI holds to `ingest` commands run meanwhile (core/store/host.py):
     loopback only, with a token readable by this user only. None with a Qdrant server (nothing to share)."""
-    from core.store.edge import EdgeStore
     from core.store.host import StoreHost
 
     stores = [handlers.store] + ([handlers.search.head_index.store] if handlers.search.head_index else [])
-    if not all(isinstance(store, EdgeStore) for store in stores):
+    if not all(store.servable for store in stores):
         return None
     # The UI's own write lock: uploads, duplicate searches and CLI writes take turns; searches go on.
     host = StoreHost(stores, handlers._ingest_lock, settings.ui_host)
