@@ -308,6 +308,9 @@ def search(
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Minimum cosine similarity.")] = None,
     whole: Annotated[bool, typer.Option("--whole", help="Query with the whole photo, skip detection.")] = False,
+    collapse_linked: Annotated[bool, typer.Option(
+        "--collapse-linked", help="One result per group of products linked across factories in the review: its "
+                                  "best crop, with the other factories' products listed (\"also sold as\").")] = False,
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -333,39 +336,50 @@ def search(
         _check_factories(store, factory)
         service = search_service(settings, store, head)
         hits, query = _run_search(settings, service, text or [], avoid or [], text_weight, image, image_url, crop_id,
-                                  like or [], dislike or [], strategy, where, top_k, min_score, whole)
+                                  like or [], dislike or [], strategy, where, top_k, min_score, whole,
+                                  collapse_linked)
+        if collapse_linked and not service.product_links():
+            typer.echo("note: no products are linked across factories yet, so there is nothing to collapse "
+                       "(link them in the Duplicates tab or with `ingest review import`)", err=True)
     if as_json:
-        _print_json({"query": query, "filter": where,
-                     "hits": [{"point_id": h.point_id, "score": round(h.score, 6), "payload": h.payload} for h in hits]})
+        _print_json({"query": query, "filter": where, **({"collapse_linked": True} if collapse_linked else {}),
+                     "hits": [{"point_id": h.point_id, "score": round(h.score, 6), "payload": h.payload,
+                               **({"also_sold_as": [p.to_dict() for p in h.linked]} if collapse_linked else {})}
+                              for h in hits]})
         return
     if not hits:
         typer.echo("no hits")
     for rank, hit in enumerate(hits, start=1):
         typer.echo(f"{rank:>3}. {hit.score:.4f}  {hit.factory:<16} {hit.product_id:<20} {hit.payload.get('photo_path')}"
                    + (f"  box={hit.payload['box']}" if hit.payload.get("box") else ""))
+        if hit.linked:
+            typer.echo("       also sold as " + ", ".join(
+                p.name + ("" if p.score is None else f" ({p.score:.4f})") for p in hit.linked))
 
 
 def _run_search(settings, service, text, avoid, weight, image, image_url, crop_id, like, dislike, strategy, where,
-                top_k, min_score, whole):
+                top_k, min_score, whole, collapse=False):
     """The hits and a description of the query (the --json `query`) for `ingest search`'s options."""
     from core.search.query_mix import Term, terms
 
     if like or dislike:
-        hits = service.refine(like, dislike, where=where, top_k=top_k, min_score=min_score, strategy=strategy)
+        hits = service.refine(like, dislike, where=where, top_k=top_k, min_score=min_score, strategy=strategy,
+                              collapse_linked=collapse)
         used = strategy or ("average_vector" if like else "best_score")
         return hits, {"like": like, "dislike": dislike, "strategy": used}
     if image is None and image_url is None and crop_id is None:  # words only
         if len(text) == 1 and not avoid:
-            hits = service.search_text(text[0], where=where, top_k=top_k, min_score=min_score)
+            hits = service.search_text(text[0], where=where, top_k=top_k, min_score=min_score, collapse_linked=collapse)
             if hits.truncated:
                 typer.echo(f"note: {hits.notice}", err=True)
             return hits, {"text": text[0], "truncated": hits.truncated}
         words = [Term(text[0], 1.0), *terms(text[1:], avoid, weight)]
-        hits = service.search_words(words, where=where, top_k=top_k, min_score=min_score)
+        hits = service.search_words(words, where=where, top_k=top_k, min_score=min_score, collapse_linked=collapse)
         return hits, {"text": text[0], "words": _words_json(words[1:])}
     words = terms(text, avoid, weight)
     if crop_id is not None:
-        hits = service.more_like_this(crop_id, where=where, top_k=top_k, min_score=min_score, words=words)
+        hits = service.more_like_this(crop_id, where=where, top_k=top_k, min_score=min_score, words=words,
+                                      collapse_linked=collapse)
         return hits, {"crop_id": crop_id, **({"words": _words_json(words)} if words else {})}
     if image_url is not None:
         from core.search.image_urls import UrlLimits, fetch_photo
@@ -378,7 +392,8 @@ def _run_search(settings, service, text, avoid, weight, image, image_url, crop_i
         photo = load_photo(image, settings.max_image_pixels)
         source = {"image": str(image)}
     crop = service.query_crops(photo)[-1 if whole else 0]
-    hits = service.search_image(crop.image, where=where, top_k=top_k, min_score=min_score, words=words)
+    hits = service.search_image(crop.image, where=where, top_k=top_k, min_score=min_score, words=words,
+                                collapse_linked=collapse)
     return hits, {**source, "region": crop.label, **({"words": _words_json(words)} if words else {})}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from core.duplicates.review import Decisions, PairInput, linked_products, product_key
@@ -133,3 +134,123 @@ def test_tune_links_learns_linked_products_as_one(indexed):
     assert ProjectionHead.load(tmp / "linked.npz").info.data_hash != ProjectionHead.load(tmp / "plain.npz").info.data_hash
     assert "6 linked products in 2 groups counted as one product each" in invoke(
         "tune", "--links", "--dim", "8", "--epochs", "2", "-o", str(tmp / "again.npz")).stdout
+
+
+# --------------------------------------------------------------------------- search: collapse linked products
+
+
+def _group_of(name: str) -> str | None:
+    return {"factory_a/A100": "g1", "factory_b/B100": "g1", "factory_c/C100": "g1",
+            "factory_a/A101": "g2", "factory_b/B101": "g2", "factory_c/C101": "g2"}.get(name)
+
+
+def expected_collapse(full: list, top_k: int) -> list[tuple[str, list[tuple[str, float | None]]]]:
+    """What collapsing should give, worked out from the uncollapsed ranking: (point id, [(linked
+    product, its best score or None)]) per result."""
+    out, seen = [], {}
+    for hit in full:
+        name = f"{hit.factory}/{hit.product_id}"
+        group = _group_of(name)
+        if group is None:
+            out.append((hit.point_id, []))
+        elif group not in seen:
+            seen[group] = (len(out), name)
+            out.append((hit.point_id, []))
+    for group, (at, own) in seen.items():
+        others = [n for n in ("factory_a/A100", "factory_b/B100", "factory_c/C100", "factory_a/A101", "factory_b/B101",
+                              "factory_c/C101") if _group_of(n) == group and n != own]
+        best = {n: max((h.score for h in full if f"{h.factory}/{h.product_id}" == n), default=None) for n in others}
+        out[at] = (out[at][0], sorted(best.items(), key=lambda kv: (kv[1] is None, -(kv[1] or 0), kv[0])))
+    return out[:top_k]
+
+
+def test_search_service_collapses_linked_products(indexed):
+    from core.app import open_store, search_service
+    from core.settings import load_settings
+
+    catalogue, tmp = indexed
+    link(tmp, TRUE_LINKS)
+    settings = load_settings()
+    store = open_store(settings)
+    try:
+        service = search_service(settings, store)
+        front = next(p for p in store.scroll() if p.payload["product_id"] == "A100"
+                     and p.payload["photo_path"].endswith("front.jpg"))
+        full = service.more_like_this(front.id, top_k=36, include_self=True)  # the whole index, ranked
+        assert len(full) == 36
+        for top_k in (3, 8, 36):
+            plain = service.more_like_this(front.id, top_k=top_k, include_self=True)
+            collapsed = service.more_like_this(front.id, top_k=top_k, include_self=True, collapse_linked=True)
+            names = [f"{h.factory}/{h.product_id}" for h in plain]
+            assert sum(_group_of(n) == "g1" for n in names) > 1  # several crops of the linked shoe ...
+            got = [(h.point_id, [(p.name, p.score) for p in h.linked]) for h in collapsed]
+            want = expected_collapse(full, top_k)
+            assert [g[0] for g in got] == [w[0] for w in want]  # ... are one result, the rest moves up
+            for (_, linked), (_, wanted) in zip(got, want):
+                assert {n for n, _ in linked} == {n for n, _ in wanted}
+                best = dict(wanted)  # a linked product's score, when given, is its best crop's
+                assert all(s is None or s == pytest.approx(best[n], abs=1e-6) for n, s in linked)
+                scores = [s for _, s in linked]
+                assert scores == sorted(scores, key=lambda s: (s is None, -(s or 0)))  # best first
+            # refilled from further down; all 36 crops are 20 results: 2 groups of 9 crops are 1 each
+            assert len(collapsed) == min(top_k, 20)
+            if top_k == 36:  # everything fetched: every linked product has its best score
+                assert all(s == pytest.approx(dict(w)[n], abs=1e-6) for (_, linked), (_, w) in zip(got, want)
+                           for n, s in linked)
+            assert collapsed[0].point_id == front.id and {p.name for p in collapsed[0].linked} == {
+                "factory_b/B100", "factory_c/C100"}
+        # filtered to one factory: the other factories' products are still named, without a score
+        [only] = [h for h in service.more_like_this(front.id, where={"factory": ["factory_a"]}, top_k=4,
+                                                    include_self=True, collapse_linked=True)
+                  if h.product_id == "A100"]
+        assert [(p.name, p.score) for p in only.linked] == [("factory_b/B100", None), ("factory_c/C100", None)]
+        # every kind of query collapses through the same place
+        for hits in (service.search_text("a shoe", top_k=36, collapse_linked=True),
+                     service.search_vector(store.retrieve([front.id], with_vectors=True)[0].vector,
+                                           top_k=36, collapse_linked=True),
+                     service.search_image(Image.open(catalogue.photos[0].path).convert("RGB"), top_k=36,
+                                          collapse_linked=True),
+                     service.refine([front.id], top_k=36, collapse_linked=True)):
+            names = [f"{h.factory}/{h.product_id}" for h in hits]
+            assert sum(_group_of(n) == "g1" for n in names) == 1 and sum(_group_of(n) == "g2" for n in names) == 1
+            assert len(hits) in (19, 20)  # refine leaves its example out
+            assert all(len(h.linked) == 2 for h in hits if _group_of(f"{h.factory}/{h.product_id}"))
+        # links changed a moment ago count at once; none: nothing collapses
+        Decisions(tmp / "data", "shoes").path.unlink()
+        assert [h.point_id for h in service.more_like_this(front.id, top_k=8, include_self=True,
+                                                           collapse_linked=True)] == [h.point_id for h in full[:8]]
+    finally:
+        store.close()
+
+
+def test_search_cli_collapse_linked(indexed):
+    catalogue, tmp = indexed
+    query = str(next(p.path for p in catalogue.photos if p.product_id == "A100" and p.variant == "front"))
+    result = invoke("search", "--image", query, "--whole", "--top-k", "20", "--collapse-linked")
+    assert "note: no products are linked across factories yet" in result.stderr  # and the hits as usual
+    assert "also sold as" not in result.stdout and result.stdout.count("\n") == 20
+    link(tmp, TRUE_LINKS)
+    plain = as_json("search", "--image", query, "--whole", "--top-k", "20")
+    assert "collapse_linked" not in plain and "also_sold_as" not in plain["hits"][0]
+    data = as_json("search", "--image", query, "--whole", "--top-k", "20", "--collapse-linked")
+    assert data["collapse_linked"] is True and len(data["hits"]) == 20
+    products = [f"{h['payload']['factory']}/{h['payload']['product_id']}" for h in data["hits"]]
+    assert sum(_group_of(p) == "g1" for p in products) == 1 and sum(_group_of(p) == "g2" for p in products) == 1
+    first = data["hits"][0]
+    assert first["payload"]["product_id"] == "A100" and first["score"] > 0.999
+    assert {(p["factory"], p["product_id"]) for p in first["also_sold_as"]} == {("factory_b", "B100"),
+                                                                                ("factory_c", "C100")}
+    assert all(p["score"] is not None and p["point_id"] for p in first["also_sold_as"])  # 20 results: 36 crops read
+    assert all(h["also_sold_as"] == [] for h in data["hits"] if not _group_of(
+        f"{h['payload']['factory']}/{h['payload']['product_id']}"))
+    text = invoke("search", "--image", query, "--whole", "--top-k", "20", "--collapse-linked").stdout
+    lines = text.splitlines()
+    assert lines[0].startswith("  1. 1.0000  factory_a") and "A100" in lines[0]
+    also = first["also_sold_as"]
+    assert lines[1] == "       also sold as " + ", ".join(f"{p['factory']}/{p['product_id']} ({p['score']:.4f})"
+                                                          for p in also)
+    assert sum("also sold as" in line for line in lines) == 2 and len(lines) == 22
+    # a damaged decisions file: one line, exit 1
+    Decisions(tmp / "data", "shoes").path.write_text("{")
+    result = invoke("search", "--image", query, "--collapse-linked", code=1)
+    assert result.stderr.count("\n") == 1 and "are damaged" in result.stderr
