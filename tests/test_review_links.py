@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from core.duplicates.review import Decisions, PairInput, linked_products, product_key
 from core.duplicates.groups import Items
+from core.duplicates.review import Decisions, PairInput, linked_products, product_key
 from core.quality.evaluate import evaluate_links, labels_from_links
 from ingest.cli import app
 from tools.sample_catalogue import make_catalogue

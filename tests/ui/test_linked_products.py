@@ -4,7 +4,6 @@ The sample catalogue sells its first two designs in every factory (A100 = B100 =
 
 from __future__ import annotations
 
-import json
 
 from core.duplicates.review import Decisions, PairInput, product_key
 from tests.ui.browser import needs_browser
