@@ -108,7 +108,17 @@ def ingest_service(settings: Settings, store: Store, head_index=None) -> IngestS
     )
 
 
+def product_links(settings: Settings):
+    """A reader of the review's products linked across factories ('factory/product' -> its link group),
+    from the decisions file beside the index, as it is when called."""
+    from core.duplicates.review import Decisions, linked_products
+
+    decisions = Decisions(settings.data_dir, settings.qdrant_collection)
+    return lambda: linked_products(decisions.load())
+
+
 def search_service(settings: Settings, store: Store, head_index=None) -> SearchService:
     return SearchService(store, build_embedder(settings), build_detector(settings), crop_margin=settings.crop_margin,
                          head_index=head_index,
-                         background_remover=build_remover(settings.background_removal, settings.background_model))
+                         background_remover=build_remover(settings.background_removal, settings.background_model),
+                         product_links=product_links(settings))

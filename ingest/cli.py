@@ -308,6 +308,9 @@ def search(
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Minimum cosine similarity.")] = None,
     whole: Annotated[bool, typer.Option("--whole", help="Query with the whole photo, skip detection.")] = False,
+    collapse_linked: Annotated[bool, typer.Option(
+        "--collapse-linked", help="One result per group of products linked across factories in the review: its "
+                                  "best crop, with the other factories' products listed (\"also sold as\").")] = False,
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -333,39 +336,50 @@ def search(
         _check_factories(store, factory)
         service = search_service(settings, store, head)
         hits, query = _run_search(settings, service, text or [], avoid or [], text_weight, image, image_url, crop_id,
-                                  like or [], dislike or [], strategy, where, top_k, min_score, whole)
+                                  like or [], dislike or [], strategy, where, top_k, min_score, whole,
+                                  collapse_linked)
+        if collapse_linked and not service.product_links():
+            typer.echo("note: no products are linked across factories yet, so there is nothing to collapse "
+                       "(link them in the Duplicates tab or with `ingest review import`)", err=True)
     if as_json:
-        _print_json({"query": query, "filter": where,
-                     "hits": [{"point_id": h.point_id, "score": round(h.score, 6), "payload": h.payload} for h in hits]})
+        _print_json({"query": query, "filter": where, **({"collapse_linked": True} if collapse_linked else {}),
+                     "hits": [{"point_id": h.point_id, "score": round(h.score, 6), "payload": h.payload,
+                               **({"also_sold_as": [p.to_dict() for p in h.linked]} if collapse_linked else {})}
+                              for h in hits]})
         return
     if not hits:
         typer.echo("no hits")
     for rank, hit in enumerate(hits, start=1):
         typer.echo(f"{rank:>3}. {hit.score:.4f}  {hit.factory:<16} {hit.product_id:<20} {hit.payload.get('photo_path')}"
                    + (f"  box={hit.payload['box']}" if hit.payload.get("box") else ""))
+        if hit.linked:
+            typer.echo("       also sold as " + ", ".join(
+                p.name + ("" if p.score is None else f" ({p.score:.4f})") for p in hit.linked))
 
 
 def _run_search(settings, service, text, avoid, weight, image, image_url, crop_id, like, dislike, strategy, where,
-                top_k, min_score, whole):
+                top_k, min_score, whole, collapse=False):
     """The hits and a description of the query (the --json `query`) for `ingest search`'s options."""
     from core.search.query_mix import Term, terms
 
     if like or dislike:
-        hits = service.refine(like, dislike, where=where, top_k=top_k, min_score=min_score, strategy=strategy)
+        hits = service.refine(like, dislike, where=where, top_k=top_k, min_score=min_score, strategy=strategy,
+                              collapse_linked=collapse)
         used = strategy or ("average_vector" if like else "best_score")
         return hits, {"like": like, "dislike": dislike, "strategy": used}
     if image is None and image_url is None and crop_id is None:  # words only
         if len(text) == 1 and not avoid:
-            hits = service.search_text(text[0], where=where, top_k=top_k, min_score=min_score)
+            hits = service.search_text(text[0], where=where, top_k=top_k, min_score=min_score, collapse_linked=collapse)
             if hits.truncated:
                 typer.echo(f"note: {hits.notice}", err=True)
             return hits, {"text": text[0], "truncated": hits.truncated}
         words = [Term(text[0], 1.0), *terms(text[1:], avoid, weight)]
-        hits = service.search_words(words, where=where, top_k=top_k, min_score=min_score)
+        hits = service.search_words(words, where=where, top_k=top_k, min_score=min_score, collapse_linked=collapse)
         return hits, {"text": text[0], "words": _words_json(words[1:])}
     words = terms(text, avoid, weight)
     if crop_id is not None:
-        hits = service.more_like_this(crop_id, where=where, top_k=top_k, min_score=min_score, words=words)
+        hits = service.more_like_this(crop_id, where=where, top_k=top_k, min_score=min_score, words=words,
+                                      collapse_linked=collapse)
         return hits, {"crop_id": crop_id, **({"words": _words_json(words)} if words else {})}
     if image_url is not None:
         from core.search.image_urls import UrlLimits, fetch_photo
@@ -378,7 +392,8 @@ def _run_search(settings, service, text, avoid, weight, image, image_url, crop_i
         photo = load_photo(image, settings.max_image_pixels)
         source = {"image": str(image)}
     crop = service.query_crops(photo)[-1 if whole else 0]
-    hits = service.search_image(crop.image, where=where, top_k=top_k, min_score=min_score, words=words)
+    hits = service.search_image(crop.image, where=where, top_k=top_k, min_score=min_score, words=words,
+                                collapse_linked=collapse)
     return hits, {**source, "region": crop.label, **({"words": _words_json(words)} if words else {})}
 
 
@@ -432,6 +447,9 @@ def eval_command(
     pairs: Annotated[Optional[Path], typer.Option(
         "--pairs", help="CSV a,b[,same] of photo paths showing the same shoe: relevance instead of product ids.",
         exists=True, dir_okay=False)] = None,
+    links: Annotated[bool, typer.Option(
+        "--links", help="Relevance from the review's product links: a crop's relevant set includes the crops of "
+                        "the products linked to its product in other factories; adds the cross-factory metrics.")] = False,
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", help="Compare models (repeatable) on the same sample, in memory; the index is not changed.")] = None,
     sample: Annotated[int, typer.Option(min=2, help="With --model: crops to sample (whole products).")] = 500,
@@ -456,6 +474,10 @@ def eval_command(
         linked = read_pairs(pairs) if pairs else []
         if linked and model:
             raise typer.BadParameter("--pairs applies to the index; compare models by product ids", param_hint="--pairs")
+        if links and (model or pairs):
+            raise typer.BadParameter("--links applies to the index, with product ids as the rest of the relevance "
+                                     "(leave out --model and --pairs)", param_hint="--links")
+        product_links = _product_links(settings) if links else {}
         store = open_store(settings, on_wait=_say_waiting)
         try:
             _check_factories(store, factory)
@@ -480,9 +502,18 @@ def eval_command(
                 if len(items) == 0:
                     raise ShoeSearchError(f"Nothing indexed in {store.location} to evaluate.")
                 evaluations = evaluate_vectors(items, build_embedder(settings) if text else None, text, linked)
+                if product_links:
+                    from core.quality.evaluate import evaluate_links
+
+                    evaluations.update(evaluate_links(items, product_links))
                 output = {"index": store.location, "crops": len(items),
+                          **({"links": _links_summary(product_links)} if product_links else {}),
                           **{kind: e.to_dict() for kind, e in evaluations.items()}}
-                sections = [markdown(e, f"{kind} queries ({len(items)} crops)") for kind, e in evaluations.items()]
+                titles = {"photo": "photo queries, linked products relevant" if product_links else "photo queries",
+                          "cross_factory": "cross-factory queries: the linked products in other factories, the "
+                                           "query's own product left out"}
+                sections = [markdown(e, f"{titles.get(kind, kind + ' queries')} ({len(items)} crops)")
+                            for kind, e in evaluations.items()]
         finally:
             store.close()
     text_report = "\n".join(sections)
@@ -494,17 +525,32 @@ def eval_command(
         typer.echo(text_report)
 
 
+def _product_links(settings: Settings) -> dict[str, list[str]]:
+    """The review's product links ('factory/product' -> its link group); DecisionsError when none."""
+    from core.duplicates.review import Decisions, require_product_links
+
+    return require_product_links(Decisions(settings.data_dir, settings.qdrant_collection).load())
+
+
+def _links_summary(links: dict[str, list[str]]) -> dict[str, int]:
+    return {"groups": len({tuple(g) for g in links.values()}), "products": len(links)}
+
+
 @app.command(name="tune")
 def tune_command(
     dim: Annotated[int, typer.Option(min=8, max=4096, help="Size of the tuned vectors.")] = 128,
     loss: Annotated[str, typer.Option(help="mnr (multiple negatives) | triplet (batch-hard)")] = "mnr",
     epochs: Annotated[int, typer.Option(min=1, max=1000)] = 60,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Learn from these factories only.")] = None,
+    links: Annotated[bool, typer.Option(
+        "--links", help="Products linked across factories in the review are one label: their crops become "
+                        "positive pairs for each other.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Head file (.npz).")] = None,
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Train a projection head on the indexed crop vectors (labels: product ids); reports
+    """Train a projection head on the indexed crop vectors (labels: product ids; with --links,
+    products linked across factories in the review count as one); reports
     validation mAP of raw CLIP versus the head on held-out products."""
     if loss not in ("mnr", "triplet"):
         raise typer.BadParameter("mnr or triplet", param_hint="--loss")
@@ -512,6 +558,8 @@ def tune_command(
     from core.quality.tune import train_head
 
     settings = _settings(wait)
+    with _user_errors(as_json):
+        product_links = _product_links(settings) if links else {}
     with _user_errors(as_json), _open_store(settings) as store:
         _check_factories(store, factory)
         info = store.info()
@@ -519,6 +567,13 @@ def tune_command(
         if info is None or len(items) == 0:
             raise ShoeSearchError(f"Nothing indexed in {store.location} to learn from.")
         labels = [f"{p.get('factory', '')}/{p.get('product_id', '')}" for p in items.payloads]
+        if product_links:
+            from core.quality.evaluate import labels_from_links
+
+            if not any(label in product_links for label in labels):
+                raise ShoeSearchError(f"none of the {len(product_links)} linked products is among the crops to "
+                                      f"learn from (a --factory filter leaving out their factories?)")
+            labels = labels_from_links(items, product_links)
         photos = [f"{p.get('factory', '')}/{p.get('photo_sha256')}" for p in items.payloads]
         with _progress_bar(as_json) as (bar, task):
             head = train_head(items.vectors, labels, photos, items.ids, info.model, dim_out=dim, loss=loss,
@@ -527,10 +582,15 @@ def tune_command(
         path = head.save(output or settings.data_dir / "heads" / f"{info.model}-{head.info.head_id}.npz")
     result = {"head": str(path), **head.info.metrics, "epochs_run": head.info.epochs_run,
               "best_epoch": head.info.best_epoch, "train_products": head.info.train_products,
-              "val_products": head.info.val_products}
+              "val_products": head.info.val_products,
+              **({"links": _links_summary(product_links)} if product_links else {})}
     if as_json:
         _print_json(result)
         return
+    if product_links:
+        summary = _links_summary(product_links)
+        typer.echo(f"labels: product ids, {_n(summary['products'], 'linked product')} in "
+                   f"{_n(summary['groups'], 'group')} counted as one product each")
     typer.echo(f"validation mAP on {head.info.val_products} held-out products: raw CLIP "
                f"{head.info.metrics['val_mAP_raw']:.3f} -> head {head.info.metrics['val_mAP_head']:.3f} "
                f"(best epoch {head.info.best_epoch} of {head.info.epochs_run})")

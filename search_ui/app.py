@@ -149,6 +149,10 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                         one_per_product = gr.Checkbox(label="One result per product (its best crop; the caption "
                                                             "counts its other crops)", value=True,
                                                       elem_id="one-per-product")
+                        collapse_linked = gr.Checkbox(
+                            label="One result per linked product (the same shoe linked across factories in the "
+                                  "Duplicates tab: its best crop, captioned “also sold as …”)",
+                            value=False, elem_id="collapse-linked")
                         group = gr.Textbox(label="Duplicate group id (from the Duplicates tab)", value="",
                                            placeholder="dup-… or sim-…", elem_id="group-filter")
                 status = gr.Markdown(elem_id="status")
@@ -279,10 +283,13 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             gr.Checkbox(False, visible=False, label="one_per_product"), gr.Textbox("", visible=False, label="group")]
         api_words = [gr.Textbox("", visible=False, label="text"), gr.Number(1.0, visible=False, label="text_weight"),
                      gr.Textbox("", visible=False, label="not_text")]
+        # Last in every endpoint's inputs, so that positional callers of the older ones are unchanged.
+        api_collapse = gr.Checkbox(False, visible=False, label="collapse_linked")
         api_shown = [gr.Gallery(visible=False), gr.State([]), gr.Markdown(visible=False), gr.JSON(visible=False)]
 
         def search_text(query: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
-                        min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = ""):
+                        min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "",
+                        collapse_linked: bool = False):
             """Search by words ("white leather high-top sneaker").
 
             Args:
@@ -294,18 +301,19 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 top_k: how many results (1-200)
                 one_per_product: keep only the best crop of each product (captioned "+n more crops")
                 group: only crops of this duplicate group id ("" = none)
+                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.search_text(query, factories, product, exact, min_score, top_k,
-                                                   one_per_product, group))
+                                                   one_per_product, group, collapse_linked))
 
         # Public endpoints are registered before the private events that reuse their functions:
         # Gradio names an event after its function, and a later public one would become /search_text_1.
-        gr.Button(visible=False).click(search_text, [gr.Textbox(visible=False, label="query"), *api_filters],
-                                       api_shown, api_name="search_text")
-        text_button.click(search_text, [text, *filters], shown, api_visibility="private")
-        text.submit(search_text, [text, *filters], shown, api_visibility="private")
+        gr.Button(visible=False).click(search_text, [gr.Textbox(visible=False, label="query"), *api_filters,
+                                                     api_collapse], api_shown, api_name="search_text")
+        text_button.click(search_text, [text, *filters, collapse_linked], shown, api_visibility="private")
+        text.submit(search_text, [text, *filters, collapse_linked], shown, api_visibility="private")
 
         def on_photo(photo):
             items, note = handlers.detect(upload_path(photo, max_upload))
@@ -314,7 +322,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         def search_image(photo=None, region: int = 0, factories: list[str] | None = None, product: str = "",
                          exact: bool = False, min_score: float = 0.0, top_k: int = 24,
                          one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
-                         not_text: str = "", image_url: str = ""):
+                         not_text: str = "", image_url: str = "", collapse_linked: bool = False):
             """Search by a photo: a detected shoe in it, or the whole photo; optionally plus and minus words.
 
             Args:
@@ -331,31 +339,33 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 text_weight: weight of each word against the photo, which weighs 1 (0-5)
                 not_text: words to avoid, comma-separated ("suede")
                 image_url: an http(s) URL the server fetches the photo from, when `photo` is None
+                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.search_image(upload_path(photo, max_upload), region, factories, product,
                                                     exact, min_score, top_k, one_per_product, group, text,
-                                                    text_weight, not_text, image_url))
+                                                    text_weight, not_text, image_url, collapse_linked))
 
         gr.Button(visible=False).click(
             search_image, [gr.Image(visible=False, type="filepath", label="photo"),
                            gr.Number(0, precision=0, visible=False, label="region"), *api_filters, *api_words,
-                           gr.Textbox("", visible=False, label="image_url")],
+                           gr.Textbox("", visible=False, label="image_url"), api_collapse],
             api_shown, api_name="search_image", preprocess=False)
 
         words = [words_add, words_weight, words_avoid]
 
         def search_photo(photo, region, crop_id, factories, product, exact, min_score, top_k, one_per_product, group,
-                         text, text_weight, not_text):
+                         text, text_weight, not_text, collapse=False):
             """The page's photo search: the indexed crop picked with "Search with it + words", else the photo."""
             if crop_id:
                 return outputs_of(handlers.more_like_this(crop_id, factories, product, exact, min_score, top_k,
-                                                          one_per_product, group, text, text_weight, not_text))
+                                                          one_per_product, group, text, text_weight, not_text,
+                                                          collapse))
             return search_image(photo, region, factories, product, exact, min_score, top_k, one_per_product, group,
-                                text, text_weight, not_text)
+                                text, text_weight, not_text, "", collapse)
 
-        photo_inputs = [photo, region, crop_query, *filters, *words]
+        photo_inputs = [photo, region, crop_query, *filters, *words, collapse_linked]
         photo_button.click(search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
         words_add.submit(search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
         words_avoid.submit(search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
@@ -372,12 +382,15 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             fetched, items, note = handlers.fetch_url(url)
             if fetched is None:
                 return None, [], note, 0, "", [], [], note, []
-            found = handlers.search_image(fetched, 0, *filters_and_words)
+            *filters_and_words, collapse = filters_and_words
+            found = handlers.search_image(fetched, 0, *filters_and_words, "", collapse)
             return fetched, items, note, 0, "", *outputs_of(found)
 
         url_outputs = [photo, regions, detect_note, region, crop_query, *shown]
-        url_button.click(fetch_url, [image_url, *filters, *words], url_outputs, api_visibility="private")
-        image_url.submit(fetch_url, [image_url, *filters, *words], url_outputs, api_visibility="private")
+        url_button.click(fetch_url, [image_url, *filters, *words, collapse_linked], url_outputs,
+                         api_visibility="private")
+        image_url.submit(fetch_url, [image_url, *filters, *words, collapse_linked], url_outputs,
+                         api_visibility="private")
 
         def pick_region(evt: gr.SelectData):
             return evt.index
@@ -393,7 +406,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
 
         def more_like_this(point_id: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
                            min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "",
-                           text: str = "", text_weight: float = 1.0, not_text: str = ""):
+                           text: str = "", text_weight: float = 1.0, not_text: str = "", collapse_linked: bool = False):
             """Crops most like an indexed crop (by its point id), the crop itself left out; optionally
             plus and minus words.
 
@@ -409,16 +422,23 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 text: words to add, comma-separated ("red"): like this crop, but ...
                 text_weight: weight of each word against the crop, which weighs 1 (0-5)
                 not_text: words to avoid, comma-separated ("suede")
+                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.more_like_this(point_id, factories, product, exact, min_score, top_k,
-                                                      one_per_product, group, text, text_weight, not_text))
+                                                      one_per_product, group, text, text_weight, not_text,
+                                                      collapse_linked))
 
         # By point id, for scripts; the button below runs the same with the selected result.
         gr.Button(visible=False).click(more_like_this, [gr.Textbox(visible=False, label="point_id"), *api_filters,
-                                                        *api_words], api_shown, api_name="more_like_this")
-        more_button.click(more_like_this, [selected_id, *filters], shown, api_visibility="private")
+                                                        *api_words, api_collapse], api_shown, api_name="more_like_this")
+
+        def more_like_selected(point_id, *filters_and_collapse):
+            *chosen, collapse = filters_and_collapse
+            return more_like_this(point_id, *chosen, collapse_linked=collapse)
+
+        more_button.click(more_like_selected, [selected_id, *filters, collapse_linked], shown, api_visibility="private")
 
         def use_crop(point_id, hits, *filters_and_words):
             """The selected result becomes the photo query (its stored vector), searched with the words."""
@@ -428,13 +448,13 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             found = handlers.more_like_this(point_id, *filters_and_words)
             return gr.Tabs(selected="by-photo"), thumbnail, [], note, 0, point_id, *outputs_of(found)
 
-        use_crop_button.click(use_crop, [selected_id, hits_state, *filters, *words],
+        use_crop_button.click(use_crop, [selected_id, hits_state, *filters, *words, collapse_linked],
                               [query_tabs, photo, regions, detect_note, region, crop_query, *shown],
                               api_visibility="private", js=SCROLL_TO_QUERY)
 
         def refine(liked: list[str] | None = None, disliked: list[str] | None = None,
                    factories: list[str] | None = None, product: str = "", exact: bool = False, min_score: float = 0.0,
-                   top_k: int = 24, one_per_product: bool = False, group: str = ""):
+                   top_k: int = 24, one_per_product: bool = False, group: str = "", collapse_linked: bool = False):
             """Crops like the liked ones and unlike the disliked ones (Qdrant's recommend query over
             their stored vectors: average_vector with a like, best_score with dislikes only).
 
@@ -448,16 +468,18 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 top_k: how many results (1-200)
                 one_per_product: keep only the best crop of each product (captioned "+n more crops")
                 group: only crops of this duplicate group id ("" = none)
+                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.refine(liked, disliked, factories, product, exact, min_score, top_k,
-                                              one_per_product, group))
+                                              one_per_product, group, collapse_linked))
 
         api_examples = [gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True, visible=False,
                                     label=name) for name in ("liked", "disliked")]
-        gr.Button(visible=False).click(refine, [*api_examples, *api_filters], api_shown, api_name="refine")
-        refine_button.click(refine, [liked, disliked, *filters], shown, api_visibility="private",
+        gr.Button(visible=False).click(refine, [*api_examples, *api_filters, api_collapse], api_shown,
+                                       api_name="refine")
+        refine_button.click(refine, [liked, disliked, *filters, collapse_linked], shown, api_visibility="private",
                             js=SCROLL_TO_RESULTS)
 
         def mark(liked_ids, disliked_ids, labels, point_id, hits, like: bool):
@@ -556,7 +578,7 @@ def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
     Refuses (SchemaMismatch) a collection made by another CLIP model, as the CLI does, instead of
     starting and failing every search.
     """
-    from core.app import ingest_service, open_head_index, open_store
+    from core.app import ingest_service, open_head_index, open_store, product_links
     from core.errors import StoreLocked
     from core.search.service import SearchService
     from core.store.base import check_model
@@ -571,7 +593,8 @@ def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
         head = open_head_index(settings, store)
         ingest = ingest_service(settings, store, head)
         search = SearchService(store, ingest.embedder, ingest.detector, crop_margin=settings.crop_margin,
-                               head_index=head, background_remover=ingest.background_remover)
+                               head_index=head, background_remover=ingest.background_remover,
+                               product_links=product_links(settings))
         info = store.info()
         if info is not None:  # before any model loads: a mismatch is known from the names
             check_model(info, store.collection, store.location, ingest.embedder.model_id, None,

@@ -162,7 +162,10 @@ class Results:
 
 
 def _record(hit: Hit) -> HitRecord:
-    return {"point_id": hit.point_id, "score": round(hit.score, 6), "payload": hit.payload}
+    record = {"point_id": hit.point_id, "score": round(hit.score, 6), "payload": hit.payload}
+    if hit.linked:  # linked products collapsed into this result
+        record["also_sold_as"] = [p.to_dict() for p in hit.linked]
+    return record
 
 
 def best_per_product(hits: Sequence[Hit], top_k: int) -> list[Hit]:
@@ -235,7 +238,7 @@ class Handlers:
     # ------------------------------------------------------------------ searches
 
     def _results(self, run: Callable[[int], list[Hit]], top_k: int, one_per_product: bool, what: str,
-                 where=None) -> Results:
+                 where=None, collapse_linked: bool = False) -> Results:
         """Run a search and shape what the page shows. With `one_per_product`, each product once at its
         best crop, captioned with how many other crops of it the index holds within `where`."""
         top_k = max(1, min(int(top_k), 200))
@@ -248,12 +251,17 @@ class Handlers:
             return Results([], [], f"⚠️ {exc}")
         gallery = [(self._thumbnail(h), self._caption(h, more.get((h.factory, h.product_id), 0))) for h in hits]
         if hits:
-            status = (f"{len(hits)} results for {what}" + (" (one per product)" if one_per_product else "")
+            shaped = [label for on, label in ((collapse_linked, "one per linked product"),
+                                              (one_per_product, "one per product")) if on]
+            status = (f"{len(hits)} results for {what}" + (f" ({', '.join(shaped)})" if shaped else "")
                       + "  \n" + _factory_line(hits))
         else:
             status = f"No results for {what}: loosen the filters or the minimum similarity."
         if getattr(found, "notice", ""):  # a text query longer than the model reads
             status += f"\n\n⚠️ {_md_escape(found.notice)}"
+        if collapse_linked and hits and not self.search.product_links():
+            status += ("\n\nNo products are linked across factories yet: nothing to collapse (link them in the "
+                       "Duplicates tab with *Same product across factories*).")
         return Results(gallery, [_record(h) for h in hits], status)
 
     def _other_crops(self, hits: Sequence[Hit], where) -> dict[tuple[str, str], int]:
@@ -271,11 +279,12 @@ class Handlers:
 
     def search_text(self, text: str, factories: Sequence[str] | None = None, product: str = "",
                     product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
-                    one_per_product: bool = False, group: str = "") -> Results:
+                    one_per_product: bool = False, group: str = "", collapse_linked: bool = False) -> Results:
         where = self._where(factories, product, product_exact, group)
         return self._results(
-            lambda k: self.search.search_text(text, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, f"“{_md_escape((text or '').strip())}”", where)
+            lambda k: self.search.search_text(text, where=where, top_k=k, min_score=_min_score(min_score),
+                                              collapse_linked=bool(collapse_linked)),
+            top_k, one_per_product, f"“{_md_escape((text or '').strip())}”", where, bool(collapse_linked))
 
     def _query_crops(self, image: Image.Image | str | Path):
         if isinstance(image, (str, Path)):
@@ -298,7 +307,7 @@ class Handlers:
     def search_image(self, image: Image.Image | str | None, region: int = 0, factories: Sequence[str] | None = None,
                      product: str = "", product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
                      one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
-                     not_text: str = "", image_url: str = "") -> Results:
+                     not_text: str = "", image_url: str = "", collapse_linked: bool = False) -> Results:
         """Search with region `region` of the photo (0 = best detection, -1 = whole photo), plus the
         words in `text` and minus those in `not_text` (comma-separated) at `text_weight`. Without a
         photo, the one at `image_url` is fetched."""
@@ -322,8 +331,9 @@ class Handlers:
         where = self._where(factories, product, product_exact, group)
         return self._results(
             lambda k: self.search.search_image(crop.image, where=where, top_k=k, min_score=_min_score(min_score),
-                                               words=words),
-            top_k, one_per_product, f"the photo ({_region_label(index, crops)}){_words_label(words)}", where)
+                                               words=words, collapse_linked=bool(collapse_linked)),
+            top_k, one_per_product, f"the photo ({_region_label(index, crops)}){_words_label(words)}", where,
+            bool(collapse_linked))
 
     def fetch_url_photo(self, url: str) -> Image.Image:
         """The photo at an http(s) URL, within the IMAGE_URL* limits (ShoeSearchError otherwise)."""
@@ -343,7 +353,7 @@ class Handlers:
     def more_like_this(self, point_id: str | None, factories: Sequence[str] | None = None, product: str = "",
                        product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
                        one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
-                       not_text: str = "") -> Results:
+                       not_text: str = "", collapse_linked: bool = False) -> Results:
         if not point_id:
             return Results([], [], "⚠️ Select a result first.")
         try:
@@ -353,20 +363,22 @@ class Handlers:
         where = self._where(factories, product, product_exact, group)
         return self._results(
             lambda k: self.search.more_like_this(point_id, where=where, top_k=k, min_score=_min_score(min_score),
-                                                 words=words),
+                                                 words=words, collapse_linked=bool(collapse_linked)),
             top_k, one_per_product, f"more like the selected crop (the crop itself left out){_words_label(words)}",
-            where)
+            where, bool(collapse_linked))
 
     def refine(self, liked: Sequence[str] | None, disliked: Sequence[str] | None,
                factories: Sequence[str] | None = None, product: str = "", product_exact: bool = False,
-               min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "") -> Results:
+               min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "",
+               collapse_linked: bool = False) -> Results:
         """Crops like the liked ones and unlike the disliked ones (point ids), within the filters."""
         liked, disliked = list(liked or []), list(disliked or [])
         where = self._where(factories, product, product_exact, group)
         what = f"{len(liked)} liked and {len(disliked)} disliked crops (those left out)"
         return self._results(
-            lambda k: self.search.refine(liked, disliked, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, what, where)
+            lambda k: self.search.refine(liked, disliked, where=where, top_k=k, min_score=_min_score(min_score),
+                                         collapse_linked=bool(collapse_linked)),
+            top_k, one_per_product, what, where, bool(collapse_linked))
 
     def crop_as_query(self, point_id: str | None, hits: Sequence[HitRecord] | None) -> tuple[str | None, str]:
         """The selected result as the photo query: its thumbnail (to show in the photo box) and a note."""
@@ -458,10 +470,13 @@ class Handlers:
 
     @staticmethod
     def _caption(hit: Hit, more: int = 0) -> str:
-        """'factory · product · 0.912', and ' · +3 more crops' when grouped by product."""
+        """'factory · product · 0.912', ' · +3 more crops' when grouped by product, and
+        ' · also sold as factory_b/B-77' when linked products were collapsed into it."""
         caption = f"{hit.factory} · {hit.product_id} · {hit.score:.3f}"
         if more:
             caption += f" · +{more} more crop{'s' if more > 1 else ''}"
+        if hit.linked:
+            caption += " · also sold as " + ", ".join(p.name for p in hit.linked)
         return caption
 
     # ------------------------------------------------------------------ duplicates
@@ -740,6 +755,9 @@ def detail_card(hit: HitRecord, file_bytes: int | None = None) -> str:
     lines += [f"| {_md_escape(k)} | {_md_escape(str(v))} |" for k, v in sorted(extras.items())]
     if groups:
         lines.append(f"| Duplicate groups | {_md_escape(', '.join(groups))} |")
+    for linked in hit.get("also_sold_as") or []:  # the same shoe, linked in the review, at other factories
+        score = "" if linked.get("score") is None else f" (similarity {float(linked['score']):.3f})"
+        lines.append(f"| Also sold as | {_md_escape(linked['factory'] + '/' + linked['product_id'] + score)} |")
     lines.append(f"| Crop id | {_md_escape(hit['point_id'])} |")
     return "\n".join(lines)
 

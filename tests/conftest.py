@@ -178,6 +178,7 @@ def sample(tmp_path):
 
 @pytest.fixture
 def handlers(ui_settings, sample, tiny_embedder):
+    from core.app import product_links
     from core.catalogue.folders import discover
     from core.pipeline.ingest import IngestService
     from core.search.service import SearchService
@@ -189,7 +190,8 @@ def handlers(ui_settings, sample, tiny_embedder):
     ingest = IngestService(store, tiny_embedder, detector, ui_settings.data_dir, batch_size=8)
     for factory in ("factory_a", "factory_b", "factory_c"):
         ingest.add(discover(sample.factory_dir(factory)), factory)
-    yield Handlers(ui_settings, store, SearchService(store, tiny_embedder, detector), ingest)
+    search = SearchService(store, tiny_embedder, detector, product_links=product_links(ui_settings))  # as create_handlers
+    yield Handlers(ui_settings, store, search, ingest)
     store.close()
 
 

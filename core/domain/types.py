@@ -65,12 +65,34 @@ class Detection:
 
 
 @dataclass(frozen=True)
+class LinkedProduct:
+    """A product linked to a hit's product in the review (the same shoe sold by another factory),
+    shown with the hit when search collapses linked products. `score` and `point_id`: its best
+    crop among the results folded into the hit; None when none of its crops was among them."""
+
+    factory: str
+    product_id: str
+    score: float | None = None
+    point_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.factory}/{self.product_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"factory": self.factory, "product_id": self.product_id,
+                "score": None if self.score is None else round(self.score, 6), "point_id": self.point_id}
+
+
+@dataclass(frozen=True)
 class Hit:
-    """One search result: a stored crop, its score and its payload."""
+    """One search result: a stored crop, its score and its payload; `linked`: the other products
+    of its link group, when search collapsed linked products into this one result."""
 
     point_id: str
     score: float
     payload: dict[str, Any]
+    linked: tuple[LinkedProduct, ...] = ()
 
     @property
     def factory(self) -> str:

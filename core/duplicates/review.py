@@ -633,3 +633,25 @@ def write_product_mapping(path: Path, mapping: Mapping[str, Any]) -> None:
             writer.writerow([group["group"], link["a"], link["b"],
                              "" if link["best_similarity"] is None else link["best_similarity"], link["decided_at"]])
     _write_out(path, buffer.getvalue())
+
+
+def linked_products(state: ReviewState) -> dict[str, list[str]]:
+    """'factory/product_id' -> every product of its link group ('factory/product_id', sorted, itself
+    included), for the products linked as the same shoe; unlinked products are absent. What
+    `ingest eval --links`, `ingest tune --links` and search's collapse of linked products read."""
+    out: dict[str, list[str]] = {}
+    for group in product_groups(state):
+        names = [key.split(":", 1)[1] for key in group]
+        for name in names:
+            out[name] = names
+    return out
+
+
+def require_product_links(state: ReviewState) -> dict[str, list[str]]:
+    """`linked_products`, or a DecisionsError saying how to link products when there are none."""
+    links = linked_products(state)
+    if not links:
+        raise DecisionsError("no products are linked across factories yet: link them in the Duplicates tab (\"Same "
+                             "product across factories\") or import rows like factory_a/SKU-1,factory_b/B-77,same "
+                             "with `ingest review import`")
+    return links

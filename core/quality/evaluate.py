@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +158,33 @@ def compare_models(store: Store, models: Sequence[str], make_embedder: Callable[
             results["models"][label] = {kind: e.to_dict() for kind, e in evaluation.items()}
             results["models"][label]["_evaluations"] = evaluation
     return results
+
+
+def labels_from_links(items: Items, links: Mapping[str, Sequence[str]]) -> list[str]:
+    """Relevance labels from products linked across factories (`core.duplicates.review.linked_products`):
+    crops of linked products share their group's label, every other crop keeps its product's."""
+    products = _labels(items)[0]
+    return [f"linked:{links[p][0]}" if p in links else p for p in products]
+
+
+def evaluate_links(items: Items, links: Mapping[str, Sequence[str]]) -> dict[str, Evaluation]:
+    """Leave-one-out photo retrieval with the product links as relevance:
+
+    - `photo`: a crop's relevant set is its own product's other photos plus every crop of the
+      products linked to it (in other factories);
+    - `cross_factory`: queries are crops of linked products, relevant are the crops of the
+      *other* products of the link group; the query's own product is left out of the ranking
+      (neither relevant nor counted), so this measures finding the same shoe sold elsewhere.
+
+    Raises ShoeSearchError when no two products of one link group are among the evaluated crops."""
+    products, photos, factories = _labels(items)
+    labels = labels_from_links(items, links)
+    present: dict[str, set[str]] = {}
+    for label, product in zip(labels, products):
+        if product in links:
+            present.setdefault(label, set()).add(product)
+    if not any(len(found) > 1 for found in present.values()):
+        raise ShoeSearchError(f"no two of the {len(links)} linked products are among the evaluated crops "
+                              f"(a --factory filter leaving out the factories they are linked to?)")
+    return {"photo": leave_one_out(items.vectors, labels, photos, factories),
+            "cross_factory": leave_one_out(items.vectors, labels, products, factories)}
