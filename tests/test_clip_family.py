@@ -89,19 +89,25 @@ def test_another_model_on_the_index_is_refused(family, cli_env, monkeypatch, tmp
     for args in (["search", "--text", "boot"], ["add", str(catalogue.factory_dir("factory_a"))]):
         other = runner.invoke(app, args)
         assert other.exit_code == 1 and len(other.stderr.strip().splitlines()) == 1
-        assert "holds 16-d vectors of model 'tiny-clip-ViT-B-16', but CLIP_MODEL is 'tiny-clip-ViT-L-14'" in other.stderr
+        assert ("holds 16-d vectors of model 'tiny-clip-ViT-B-16', but CLIP_MODEL is 'tiny-clip-ViT-L-14'"
+                in other.stderr)
     assert _json(runner.invoke(app, ["stats", "--json"]))["photos"] == len(catalogue.photos)
+
+
+def _cache_as_hub_repo(folder, repo_id, hub):
+    """`folder` as the Hugging Face cache holds a downloaded `repo_id` (offline tests read it there)."""
+    revision = "0" * 40
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
 
 
 def test_a_hub_id_of_a_plain_clip_checkpoint_loads_from_the_cache(family, tmp_path, monkeypatch):
     """`owner/name` (e.g. patrickjohncyh/fashion-clip) read from the Hugging Face cache, offline."""
     import huggingface_hub.constants
 
-    revision = "0" * 40
-    repo = tmp_path / "hub" / "models--tinyowner--tiny-fashion-clip"
-    shutil.copytree(family["plain-l14"], repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    _cache_as_hub_repo(family["plain-l14"], "tinyowner/tiny-fashion-clip", tmp_path / "hub")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     embedder = ClipEmbedder("tinyowner/tiny-fashion-clip", device="cpu", precision="fp32")
     assert embedder.model_id == "tinyowner/tiny-fashion-clip" and embedder.dimension == 24
@@ -146,6 +152,21 @@ def test_open_clip_and_custom_code_checkpoints_are_refused_in_one_line(cli_env, 
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "open_clip / custom-code checkpoint" in lines[0] and "Traceback" not in result.output
+
+
+def test_hub_ids_refused_from_the_cache_or_missing_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from core.errors import ModelUnavailable
+
+    _cache_as_hub_repo(_marqo_like(tmp_path / "marqo"), "Marqo/marqo-fashionCLIP", tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelUnavailable, match=r"^CLIP model 'Marqo/marqo-fashionCLIP' is an open_clip / custom-code"):
+        ClipEmbedder("Marqo/marqo-fashionCLIP", device="cpu").load()
+    # Not cached, offline: the hub id is named as a model to fetch, not as a missing folder.
+    with pytest.raises(ModelUnavailable, match=r"^CLIP model 'patrickjohncyh/fashion-clip' could not be loaded .*"
+                                               r"offline, set CLIP_MODEL to a local folder"):
+        ClipEmbedder("patrickjohncyh/fashion-clip", device="cpu").load()
 
 
 def test_a_checkpoint_that_is_no_clip_model_is_refused(tmp_path):
