@@ -233,11 +233,14 @@ def build_sentence_transformer(name: str, device: str = "cpu", local_files_only:
         raise ModelUnavailable(
             f"CLIP model '{name}' is neither a sentence-transformers model (no modules.json) nor a transformers "
             f"CLIPModel checkpoint ({found}): set CLIP_MODEL to a CLIP model such as clip-ViT-B-32.")
-    if not Path(name).is_dir():  # a hub CLIPModel checkpoint: now the whole of it
+    if not Path(name).is_dir():  # a hub CLIPModel checkpoint: now the whole of it, torch weights once
         from huggingface_hub import snapshot_download
 
+        other_frameworks = ["*.h5", "*.msgpack", "*.onnx", "onnx/*", "*.ot"]
         folder = Path(snapshot_download(name, local_files_only=local_files_only,
-                                        ignore_patterns=["*.h5", "*.msgpack", "*.onnx", "onnx/*", "*.ot"]))
+                                        ignore_patterns=[*other_frameworks, "*.bin"]))
+        if not any(folder.glob("*.safetensors")):  # an older checkpoint: pytorch_model.bin only
+            folder = Path(snapshot_download(name, local_files_only=local_files_only, ignore_patterns=other_frameworks))
     return SentenceTransformer(modules=[_clip_module_class().load(str(folder))], device=device)
 
 
