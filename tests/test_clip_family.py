@@ -169,6 +169,15 @@ def test_hub_ids_refused_from_the_cache_or_missing_offline(tmp_path, monkeypatch
         ClipEmbedder("patrickjohncyh/fashion-clip", device="cpu").load()
 
 
+def test_a_missing_folder_under_an_existing_one_is_named_as_a_folder(tmp_path, monkeypatch):
+    from core.errors import ModelUnavailable
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelUnavailable, match=r"^CLIP model folder not found: models/fashion-clip\."):
+        ClipEmbedder("models/fashion-clip", device="cpu").load()
+
+
 def test_a_checkpoint_that_is_no_clip_model_is_refused(tmp_path):
     from core.errors import ModelUnavailable
 

@@ -198,8 +198,10 @@ def _checkpoint_folder(name: str, local_files_only: bool) -> Path | None:
 
 
 def _looks_like_a_path(name: str) -> bool:
-    """A folder name rather than a hub id (`clip-ViT-B-32`, `owner/name`)."""
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+    """A folder name rather than a hub id (`clip-ViT-B-32`, `owner/name`): `models/x` counts as a
+    folder when a folder `models` exists here."""
+    return (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+            or (name.count("/") == 1 and Path(name.split("/")[0]).is_dir()))
 
 
 def build_sentence_transformer(name: str, device: str = "cpu", local_files_only: bool = False):
