@@ -169,6 +169,41 @@ def test_hub_ids_refused_from_the_cache_or_missing_offline(tmp_path, monkeypatch
         ClipEmbedder("patrickjohncyh/fashion-clip", device="cpu").load()
 
 
+@pytest.mark.parametrize("repo_id,expected", [("Marqo/marqo-fashionCLIP", "refused"),
+                                              ("tinyowner/tiny-fashion-clip", 24)])
+def test_a_hub_id_online_fetches_config_files_first(family, tmp_path, monkeypatch, repo_id, expected):
+    """Online (the hub client stood in for by a recorder): the description files come first; an
+    open_clip checkpoint is refused before any weights are fetched; a CLIPModel one fetches the
+    rest once, without other frameworks' copies."""
+    import huggingface_hub
+
+    from core.errors import ModelUnavailable
+    from core.vision import embedder as embedder_module
+
+    source = _marqo_like(tmp_path / "marqo") if expected == "refused" else family["plain-l14"]
+    calls = []
+
+    def snapshot_download(name, local_files_only=False, allow_patterns=None, ignore_patterns=None, **kwargs):
+        calls.append((name, local_files_only, allow_patterns, ignore_patterns))
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
+        return str(source)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(embedder_module, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    embedder = ClipEmbedder(repo_id, device="cpu", precision="fp32")
+    if expected == "refused":
+        with pytest.raises(ModelUnavailable, match="open_clip / custom-code checkpoint"):
+            embedder.load()
+        assert [call[2] for call in calls if not call[1]] == [["modules.json", "config.json", "open_clip_config.json"]]
+        return
+    assert embedder.dimension == expected
+    online = [call for call in calls if not call[1]]
+    assert online[0][2] == ["modules.json", "config.json", "open_clip_config.json"]
+    assert len(online) == 2 and "*.bin" in online[1][3] and "*.msgpack" in online[1][3]
+
+
 def test_a_missing_folder_under_an_existing_one_is_named_as_a_folder(tmp_path, monkeypatch):
     from core.errors import ModelUnavailable
 
