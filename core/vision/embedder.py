@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -164,6 +165,87 @@ def _processor_centre_crops(model) -> bool:
     return bool(getattr(image_processor, "do_center_crop", False)) and bool(shortest)
 
 
+# Files that say a checkpoint needs its own code (open_clip, or transformers' trust_remote_code).
+_CUSTOM_CODE_MARKS = ("auto_map", "open_clip_model_name")
+
+
+def _clip_module_class():
+    """sentence-transformers' CLIP module (moved in 5.4; `models.CLIPModel` is the older home)."""
+    try:
+        from sentence_transformers.sentence_transformer.modules import CLIPModel
+    except ImportError:
+        from sentence_transformers.models import CLIPModel
+    return CLIPModel
+
+
+def _checkpoint_folder(name: str, local_files_only: bool) -> Path | None:
+    """The folder holding `name`'s small description files (modules.json, config.json): the local
+    folder itself, or for a hub `owner/name` only those files from the hub (or its cache). None when
+    it cannot be told (sentence-transformers' own names, not cached offline): then
+    sentence-transformers loads it as it always did."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if "/" not in name or name.startswith("sentence-transformers/") or _looks_like_a_path(name):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["modules.json", "config.json", "open_clip_config.json"],
+                                      local_files_only=local_files_only))
+    except Exception:
+        return None
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A folder name rather than a hub id (`clip-ViT-B-32`, `owner/name`): `models/x` counts as a
+    folder when a folder `models` exists here."""
+    return (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+            or (name.count("/") == 1 and Path(name.split("/")[0]).is_dir()))
+
+
+def build_sentence_transformer(name: str, device: str = "cpu", local_files_only: bool = False):
+    """A SentenceTransformer for a CLIP-family checkpoint (a folder or a hub name).
+
+    A sentence-transformers model (modules.json: clip-ViT-B-32, clip-ViT-B-16, clip-ViT-L-14) loads
+    as saved. A plain transformers CLIPModel checkpoint without modules.json (config.json +
+    processor: patrickjohncyh/fashion-clip, openai/clip-vit-base-patch16) is wrapped in
+    sentence-transformers' CLIP module. A checkpoint that needs its own code (open_clip or
+    trust_remote_code, e.g. Marqo/marqo-fashionCLIP) or is no CLIPModel is refused (ModelUnavailable).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    folder = _checkpoint_folder(name, local_files_only)
+    if folder is None or (folder / "modules.json").is_file():
+        return SentenceTransformer(name, device=device, local_files_only=local_files_only)
+    config_file = folder / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    except (OSError, ValueError):
+        config = {}
+    if not isinstance(config, dict):
+        config = {}
+    if (folder / "open_clip_config.json").is_file() or any(key in config for key in _CUSTOM_CODE_MARKS):
+        raise ModelUnavailable(
+            f"CLIP model '{name}' is an open_clip / custom-code checkpoint (it needs open_clip or "
+            f"trust_remote_code), which is not supported: use a sentence-transformers CLIP (clip-ViT-B-32, "
+            f"clip-ViT-B-16, clip-ViT-L-14) or a transformers CLIPModel checkpoint (e.g. patrickjohncyh/fashion-clip).")
+    if config.get("model_type") != "clip" or "CLIPModel" not in (config.get("architectures") or ["CLIPModel"]):
+        found = config.get("architectures") or config.get("model_type") or "no config.json"
+        raise ModelUnavailable(
+            f"CLIP model '{name}' is neither a sentence-transformers model (no modules.json) nor a transformers "
+            f"CLIPModel checkpoint ({found}): set CLIP_MODEL to a CLIP model such as clip-ViT-B-32.")
+    if not Path(name).is_dir():  # a hub CLIPModel checkpoint: now the whole of it, torch weights once
+        from huggingface_hub import snapshot_download
+
+        other_frameworks = ["*.h5", "*.msgpack", "*.onnx", "onnx/*", "*.ot"]
+        folder = Path(snapshot_download(name, local_files_only=local_files_only,
+                                        ignore_patterns=[*other_frameworks, "*.bin"]))
+        if not any(folder.glob("*.safetensors")):  # an older checkpoint: pytorch_model.bin only
+            folder = Path(snapshot_download(name, local_files_only=local_files_only, ignore_patterns=other_frameworks))
+    return SentenceTransformer(modules=[_clip_module_class().load(str(folder))], device=device)
+
+
 class ClipEmbedder:
     """A sentence-transformers CLIP model, loaded on first use (or by `load()`).
 
@@ -204,21 +286,21 @@ class ClipEmbedder:
             if self._model is not None:
                 return
             path = Path(self.model_name)
-            if ("/" in self.model_name and not self.model_name.startswith("sentence-transformers/")
-                    or self.model_name.startswith(".")) and not path.exists():
+            if _looks_like_a_path(self.model_name) and not path.exists():
                 raise ModelUnavailable(
                     f"CLIP model folder not found: {self.model_name}. Set CLIP_MODEL to a folder holding "
                     f"a sentence-transformers CLIP model, or to a model name such as clip-ViT-B-32."
                 )
             try:
-                from sentence_transformers import SentenceTransformer
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()  # no "Loading weights" bars in CLI output
                 device = resolve_device(self.device)
-                model = self._from_cache_or_hub(SentenceTransformer, device)
+                model = self._from_cache_or_hub(build_sentence_transformer, device)
                 if device == "cuda":
                     model.half()
+            except ModelUnavailable:
+                raise
             except Exception as exc:
                 raise ModelUnavailable(
                     f"CLIP model '{self.model_name}' could not be loaded ({type(exc).__name__}: "
@@ -243,6 +325,8 @@ class ClipEmbedder:
         answers within seconds (offline, the hub client would retry for minutes)."""
         try:
             return loader(self.model_name, device=device, local_files_only=True)
+        except ModelUnavailable:  # found, and refused: no download changes that
+            raise
         except Exception:
             if Path(self.model_name).exists() or hub_offline():
                 raise
