@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def _quiet_export():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                # CLIP's pooling indexes by argmax positions (never negative): the exporter's caveat is moot.
+                warnings.filterwarnings("ignore", message="Exporting aten::index operator")
                 yield
         finally:
             root.removeFilter(not_advice)
@@ -161,12 +164,15 @@ class TextSession:
     def __init__(self, session, tokenizer, max_length: int | None, path: Path, precision: str) -> None:
         self.session, self.tokenizer, self.max_length = session, tokenizer, max_length
         self.path, self.precision = path, precision
+        self._lock = threading.Lock()  # a Rust tokenizer refuses concurrent calls that set its padding
 
     def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=self.max_length is not None,
-                                    max_length=self.max_length, return_tensors="np")
+            with self._lock:
+                tokens = self.tokenizer(texts[start:start + batch_size], padding=True,
+                                        truncation=self.max_length is not None, max_length=self.max_length,
+                                        return_tensors="np")
             out.append(self.session.run(None, {"input_ids": tokens["input_ids"].astype(np.int64),
                                                "attention_mask": tokens["attention_mask"].astype(np.int64)})[0])
         return _normalized(np.vstack(out))
