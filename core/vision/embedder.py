@@ -238,11 +238,11 @@ class ClipEmbedder(LazyModel):
         self.text_precision = text_precision
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.active_precision = "fp32"  # the image tower's runtime after load: fp32, fp16 or int8
-        self.active_text_precision = "fp32"  # CLIP's text tower: fp32 (torch), fp16, onnx fp32 or int8
+        self.active_text_precision = "fp32"  # CLIP's text tower (after a text query): fp32 (torch), fp16, onnx fp32, int8
         self.text_agreement: float | None = None  # int8 text tower against fp32, when measured
         self._model = None
         self._images = None  # the image tower's runtime: TorchTower or onnx_clip.ImageSession
-        self._texts = None  # CLIP's text tower's runtime: TorchTower or onnx_clip.TextSession
+        self._texts = None  # CLIP's text tower's runtime (TorchTower or onnx_clip.TextSession), on first use
         self._dimension: int | None = None
         self._text_limit: int | None = None
         self._counting_tokenizer = None  # a copy: counting must not flip the model's own truncation settings
@@ -274,11 +274,21 @@ class ClipEmbedder(LazyModel):
             self.active_precision = self.active_text_precision = "fp16"
             return
         self._images = self._image_runtime(model) or TorchTower(model)
-        # With TEXT_MODEL set, CLIP's own text tower is never asked: no export for it.
-        self._texts = (not self.text_model_name and self._text_runtime(model, tokenizer)) or TorchTower(model)
         self.active_precision = self._images.precision
-        self.active_text_precision = self._texts.precision if isinstance(self._texts, TorchTower) \
-            else ("int8" if self._texts.precision == "int8" else "onnx fp32")
+        # CLIP's text tower gets its runtime on the first text query (`_text_tower`): an ingest
+        # never exports or opens it, and with TEXT_MODEL set it is never asked at all.
+
+    def _text_tower(self):
+        """CLIP's text tower's runtime, chosen (and exported if need be) on first use."""
+        self.load()
+        if self._texts is None:
+            with self._load_lock:
+                if self._texts is None:
+                    texts = self._text_runtime(self._model, _tokenizer(self._model)) or TorchTower(self._model)
+                    self.active_text_precision = texts.precision if isinstance(texts, TorchTower) \
+                        else ("int8" if texts.precision == "int8" else "onnx fp32")
+                    self._texts = texts
+        return self._texts
 
     def _image_runtime(self, model):
         """The cached int8 ONNX image tower (exported on first use) when asked and it agrees with fp32."""
@@ -360,7 +370,7 @@ class ClipEmbedder(LazyModel):
         if not fitted:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if not self.text_model_name:
-            return self._texts.embed(fitted, self.batch_size)
+            return self._text_tower().embed(fitted, self.batch_size)
         return TorchTower(self._load_text_model().model).embed(fitted, self.batch_size)
 
     def fit_text(self, text: str) -> QueryText:
