@@ -47,7 +47,7 @@ def open_target_store(settings: Settings, url: str, api_key: str | None = None,
 def build_embedder(settings: Settings) -> ClipEmbedder:
     return ClipEmbedder(settings.clip_model, device=settings.device, batch_size=settings.batch_size,
                         precision=settings.embed_precision, cache_dir=settings.models_cache_dir,
-                        text_model=settings.text_model)
+                        text_model=settings.text_model, text_precision=settings.text_precision)
 
 
 def build_detector(settings: Settings) -> Detector:

@@ -387,9 +387,9 @@ def _run_search(settings, service, text, avoid, weight, image, image_url, crop_i
         photo = fetch_photo(image_url, UrlLimits.from_settings(settings), settings.max_image_pixels)
         source = {"image_url": image_url}
     else:
-        from core.vision.images import load_photo
+        from core.vision.crops import load_query_photo
 
-        photo = load_photo(image, settings.max_image_pixels)
+        photo = load_query_photo(image, settings.max_image_pixels, settings.decode_max_side)
         source = {"image": str(image)}
     crop = service.query_crops(photo)[-1 if whole else 0]
     hits = service.search_image(crop.image, where=where, top_k=top_k, min_score=min_score, words=words,

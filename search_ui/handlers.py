@@ -22,6 +22,7 @@ from core.search.query_mix import terms
 from core.search.service import SearchService, index_stats
 from core.settings import Settings
 from core.store.base import Contains, Store
+from core.vision.crops import load_query_photo
 from core.vision.images import PHOTO_EXTENSIONS, load_photo
 
 GalleryItem = tuple[str, str]  # (thumbnail file, caption)
@@ -288,7 +289,7 @@ class Handlers:
 
     def _query_crops(self, image: Image.Image | str | Path):
         if isinstance(image, (str, Path)):
-            image = load_photo(Path(image), self.settings.max_image_pixels)
+            image = load_query_photo(Path(image), self.settings.max_image_pixels, self.settings.decode_max_side)
         return self.search.query_crops(image.convert("RGB"))
 
     def detect(self, image: Image.Image | str | None) -> tuple[list[tuple[Image.Image, str]], str]:

@@ -39,6 +39,7 @@ def _clean_settings_env(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     # fp32 everywhere but tests/test_precision.py, which compares int8 against it.
     monkeypatch.setenv("EMBED_PRECISION", "fp32")
+    monkeypatch.setenv("TEXT_PRECISION", "fp32")
     monkeypatch.chdir(tmp_path)  # no stray .env from the checkout
 
 
@@ -74,7 +75,8 @@ def tiny_embedder(tiny_clip_dir):
 @pytest.fixture
 def settings(tmp_path, tiny_clip_dir) -> Settings:
     return Settings(_env_file=None, data_dir=tmp_path / "data", clip_model=str(tiny_clip_dir),
-                    detector_model="none", device="cpu", batch_size=8, embed_precision="fp32")
+                    detector_model="none", device="cpu", batch_size=8, embed_precision="fp32",
+                    text_precision="fp32")
 
 
 class BlobDetector:

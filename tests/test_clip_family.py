@@ -178,7 +178,7 @@ def test_a_hub_id_online_fetches_config_files_first(family, tmp_path, monkeypatc
     import huggingface_hub
 
     from core.errors import ModelUnavailable
-    from core.vision import embedder as embedder_module
+    from core.vision import lazy_model
 
     source = _marqo_like(tmp_path / "marqo") if expected == "refused" else family["plain-l14"]
     calls = []
@@ -190,7 +190,7 @@ def test_a_hub_id_online_fetches_config_files_first(family, tmp_path, monkeypatc
         return str(source)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(embedder_module, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(lazy_model, "hub_reachable", lambda *a, **k: True)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     embedder = ClipEmbedder(repo_id, device="cpu", precision="fp32")
     if expected == "refused":

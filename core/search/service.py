@@ -20,9 +20,9 @@ from core.domain.types import Detection, Hit, LinkedProduct
 from core.errors import EmptyIndex, ShoeSearchError
 from core.search.query_mix import Term, mix
 from core.store.base import RECOMMEND_STRATEGIES, Store, Where, check_model
+from core.vision.crops import model_inputs, prepare_crop
 from core.vision.detector import Detector, NoDetector
 from core.vision.embedder import Embedder, QueryText, text_model_of
-from core.vision.images import expand_box
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -172,12 +172,11 @@ class SearchService:
 
     def query_crops(self, image: Image.Image) -> list[QueryCrop]:
         """Shoes detected in a query photo (most confident first), then the whole photo."""
-        found = self.detector.detect([image])[0]
-        crops = [
-            QueryCrop(image.crop(expand_box(d.box, self.crop_margin, image.width, image.height)), d)
-            for d in sorted(found, key=lambda d: -d.confidence)
-        ]
-        return crops + [QueryCrop(image, None)]
+        whole, _ = prepare_crop(image, None, self.crop_margin)  # as ingest prepares crops (core.vision.crops)
+        found = self.detector.detect([whole])[0]
+        crops = [QueryCrop(prepare_crop(whole, d.box, self.crop_margin)[0], d)
+                 for d in sorted(found, key=lambda d: -d.confidence)]
+        return crops + [QueryCrop(whole, None)]
 
     def search_image(self, image: Image.Image, where: Where | None = None, top_k: int = 10,
                      min_score: float | None = None, words: Sequence[Term] = (),
@@ -185,9 +184,7 @@ class SearchService:
         """Search with a photo region as it is (pick one from `query_crops` first if needed);
         with `words`, the photo plus those modifiers (`core.search.query_mix`)."""
         self._check_ready()
-        if self.background_remover is not None:
-            image = self.background_remover.remove([image])[0]
-        vector = self.embedder.embed_images([image])[0]
+        vector = self.embedder.embed_images(model_inputs([image], self.background_remover))[0]
         if words:
             return self._top(lambda k: self._words_query(vector, words, where, k, min_score), top_k, collapse_linked)
         return self._top(lambda k: self._photo_query(vector, where, k, min_score), top_k, collapse_linked)
