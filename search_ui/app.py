@@ -34,8 +34,11 @@ TITLE = "Shoe catalogue search"
 # No `from __future__ import annotations` here: Gradio reads the `gr.SelectData` annotations
 # of event functions at runtime to inject the event, and cannot resolve them from strings.
 
-# Captions wrap instead of being cut off; the result detail reads as a card.
+# Captions wrap instead of being cut off; the result detail reads as a card; the results gallery
+# grows with its rows (Gradio caps an auto-height gallery at 55% of the window, hiding results
+# behind a scroll box of its own).
 CSS = """
+#results .fixed-height { max-height: none !important; }
 #results .caption-label, #groups .caption-label, #group-members .caption-label {
     white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
     max-width: 100% !important; line-height: 1.25; font-size: 0.8rem; }
