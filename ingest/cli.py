@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from core.domain.options import REVIEW_ORDER, Level, Linkage, Method, Scope, Tier
 from core.errors import ShoeSearchError
 
 if TYPE_CHECKING:
@@ -599,12 +600,13 @@ def cluster_command(
     hash_distance: Annotated[int, typer.Option(
         min=-1, max=15, help="phash tier: crops whose 64-bit perceptual hashes differ in at most this many bits "
                              "(re-encoded, resized copies); -1: no phash tier.")] = 6,
-    scope: Annotated[str, typer.Option(help="all | cross-factory | within-factory")] = "all",
+    scope: Annotated[Scope, typer.Option(help="all | cross-factory | within-factory")] = Scope.ALL,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
-    level: Annotated[str, typer.Option(help="crop | product (a product pair scores its best crop pair)")] = "crop",
-    linkage: Annotated[str, typer.Option(help="single (connected components) | complete (no chaining)")] = "single",
+    level: Annotated[Level, typer.Option(help="crop | product (a product pair scores its best crop pair)")] = Level.CROP,
+    linkage: Annotated[Linkage, typer.Option(
+        help="single (connected components) | complete (no chaining)")] = Linkage.SINGLE,
     representative: Annotated[str, typer.Option(help="medoid | largest | confidence | factory:NAME")] = "medoid",
-    method: Annotated[str, typer.Option(help="auto | exact | knn (nearest neighbours from the index)")] = "auto",
+    method: Annotated[Method, typer.Option(help="auto | exact | knn (nearest neighbours from the index)")] = Method.AUTO,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("cluster_report"),
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv,folders,collage")] = "json,csv",
     labels: Annotated[Optional[Path], typer.Argument(
@@ -623,20 +625,20 @@ def cluster_command(
     if labels is not None and not calibrate_:
         raise typer.BadParameter("a labels file goes with --calibrate (ingest cluster --calibrate LABELS.csv)",
                                  param_hint="LABELS.csv")
-    choices = {"scope": (scope, ("all", "cross-factory", "within-factory")), "level": (level, ("crop", "product")),
-               "linkage": (linkage, ("single", "complete")), "method": (method, ("auto", "exact", "knn"))}
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise typer.BadParameter(f"--{name} must be one of {', '.join(allowed)}", param_hint=f"--{name}")
-    if not (representative in ("medoid", "largest", "confidence") or representative.startswith("factory:")):
-        raise typer.BadParameter("medoid, largest, confidence or factory:NAME", param_hint="--representative")
+    from core.domain.options import check_representative, parse_formats
+
+    try:
+        check_representative(representative)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--representative") from None
+    try:
+        chosen_formats = parse_formats(formats)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--format") from None
     from core.app import open_store
     from core.duplicates.groups import ClusterSettings
-    from core.duplicates.service import FORMATS, ClusterService, write_reports
-
-    chosen_formats = [f.strip() for f in formats.split(",") if f.strip()]
-    if not chosen_formats or set(chosen_formats) - set(FORMATS):
-        raise typer.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--format")
+    from core.duplicates.reports import write_reports
+    from core.duplicates.service import ClusterService
 
     settings = _settings(wait)
     with _user_errors(as_json):
@@ -683,25 +685,10 @@ def _progress_bar(quiet: bool):
 
 def _report_calibration(result: dict[str, Any], output: Path, as_json: bool) -> None:
     """calibration.json and pr_curve.png under `output`, and a table."""
-    import matplotlib
+    from core.quality.plots import write_calibration
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "calibration.json").write_text(json.dumps(result, indent=2))
+    write_calibration(result, output)
     curve = result["curve"]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.plot([r["recall"] for r in curve], [r["precision"] for r in curve], marker=".")
-    for r in curve[::10]:
-        ax.annotate(f"{r['threshold']:.2f}", (r["recall"], r["precision"]), fontsize=7)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(f"{result['pairs']} labelled pairs ({result['positives']} same)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(output / "pr_curve.png", dpi=120)
-    plt.close(fig)
     if as_json:
         _print_json({**result, "output": str(output)})
         return
@@ -797,8 +784,10 @@ def review_status(as_json: JsonFlag = False) -> None:
                 saved = {}
             reviewed = set(saved.get("reviewed", []))
             for group_id in saved.get("groups", {}):
-                tier = {"idt": "identical", "phs": "phash", "dup": "duplicate", "sim": "similar"}.get(
-                    group_id[:3], "similar")
+                try:
+                    tier = Tier.of_group(group_id)
+                except ValueError as exc:
+                    raise ShoeSearchError(f"{sidecar} is damaged: {exc}") from None
                 counts = last.setdefault(tier, {"groups": 0, "reviewed": 0})
                 counts["groups"] += 1
                 counts["reviewed"] += group_id in reviewed
@@ -819,7 +808,7 @@ def review_status(as_json: JsonFlag = False) -> None:
         typer.echo(f"  last decision {counts['last_decided_at']}")
     if last:
         typer.echo(f"last clustering ({data['last_clustering']['saved_at']}):")
-        for tier in ("duplicate", "similar", "phash", "identical"):
+        for tier in REVIEW_ORDER:
             if tier in last:
                 c = data["last_clustering"]["tiers"][tier]
                 typer.echo(f"  {tier:<10} {c['groups']:>6} groups, {c['reviewed']:>6} reviewed, {c['to_review']:>6} to review")

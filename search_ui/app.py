@@ -93,6 +93,8 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
     """The whole page: Search (text / photo / more-like-this), Duplicates and Catalogue tabs."""
     import gradio as gr
 
+    from core.domain.options import Level, Linkage, Scope, choices
+
     max_upload = handlers.settings.ui_max_upload_mb * 1024 * 1024
 
     def outputs_of(results):
@@ -187,9 +189,9 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                     sim_threshold = gr.Slider(0.5, 1.0, value=0.85, step=0.005, label="Similar: cosine ≥",
                                               elem_id="sim-threshold")
                 with gr.Row():
-                    scope = gr.Radio(["all", "cross-factory", "within-factory"], value="all", label="Pairs")
-                    level = gr.Radio(["crop", "product"], value="crop", label="Level")
-                    linkage = gr.Radio(["single", "complete"], value="single",
+                    scope = gr.Radio(choices(Scope), value=Scope.ALL.value, label="Pairs")
+                    level = gr.Radio(choices(Level), value=Level.CROP.value, label="Level")
+                    linkage = gr.Radio(choices(Linkage), value=Linkage.SINGLE.value,
                                        label="Linkage (complete: no chaining)")
                 dup_factories = gr.Dropdown(label="Only these factories (empty: all)",
                                             choices=[], multiselect=True,
