@@ -96,14 +96,9 @@ def connected(key_sets: Sequence[set[str]], same: Mapping[str, set[str]]) -> boo
     n = len(key_sets)
     if n < 2:
         return True
-    parent = list(range(n))
+    from core.duplicates.components import UnionFind
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    joined = UnionFind(n)
     owners: dict[str, list[int]] = {}
     for i, keys in enumerate(key_sets):
         for key in keys:
@@ -111,12 +106,12 @@ def connected(key_sets: Sequence[set[str]], same: Mapping[str, set[str]]) -> boo
     for key, members in owners.items():
         if key_kind(key) == "crop":
             for other in members[1:]:
-                parent[find(other)] = find(members[0])
+                joined.union(other, members[0])
         for partner in same.get(key, ()):
             for i in members:
                 for j in owners.get(partner, ()):
-                    parent[find(i)] = find(j)
-    return len({find(i) for i in range(n)}) == 1
+                    joined.union(i, j)
+    return len({joined.find(i) for i in range(n)}) == 1
 
 
 # --------------------------------------------------------------------------- records
@@ -578,23 +573,9 @@ def _read_rows(path: Path) -> list[tuple[str, Mapping[str, Any]]]:
 
 def product_groups(state: ReviewState) -> list[list[str]]:
     """Products linked as the same shoe (transitively), each group sorted, groups by first product."""
-    parent: dict[str, str] = {}
+    from core.duplicates.components import components
 
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for link in state.product_links():
-        ra, rb = find(link.a), find(link.b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[str, list[str]] = {}
-    for key in parent:
-        groups.setdefault(find(key), []).append(key)
-    return sorted(sorted(g) for g in groups.values())
+    return sorted(components(((link.a, link.b) for link in state.product_links()), min_size=1))
 
 
 def product_mapping(state: ReviewState, best_similarity) -> dict[str, Any]:

@@ -67,18 +67,12 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
 def labels_from_pairs(items: Items, pairs: Sequence[tuple[str, str]]) -> list[str]:
     """Relevance labels from user pairs: photos linked (transitively) share a label; every other
     crop gets a label of its own (a distractor, never a query)."""
-    parent: dict[str, str] = {}
+    from core.duplicates.components import UnionFind
 
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    linked = UnionFind()
     for a, b in pairs:
-        parent[find(a)] = find(b)
-    return [f"pair:{find(p['photo_path'])}" if p.get("photo_path") in parent else f"own:{pid}"
+        linked.union(a, b)
+    return [f"pair:{linked.find(p['photo_path'])}" if p.get("photo_path") in linked.parent else f"own:{pid}"
             for pid, p in zip(items.ids, items.payloads)]
 
 
