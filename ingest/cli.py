@@ -487,6 +487,7 @@ def tune_command(
     if loss not in ("mnr", "triplet"):
         raise typer.BadParameter("mnr or triplet", param_hint="--loss")
     from core.duplicates.service import load_items
+    from core.quality.evaluate import item_labels
     from core.quality.tune import train_head
 
     settings = _settings(wait)
@@ -497,8 +498,7 @@ def tune_command(
         items = load_items(store, factory)
         if info is None or len(items) == 0:
             raise ShoeSearchError(f"Nothing indexed in {store.location} to learn from.")
-        labels = [f"{p.get('factory', '')}/{p.get('product_id', '')}" for p in items.payloads]
-        photos = [f"{p.get('factory', '')}/{p.get('photo_sha256')}" for p in items.payloads]
+        labels, photos, _ = item_labels(items)
         with _progress_bar(as_json) as (bar, task):
             head = train_head(items.vectors, labels, photos, items.ids, info.model, dim_out=dim, loss=loss,
                               epochs=epochs, progress=lambda epoch, val: bar.update(

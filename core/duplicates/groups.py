@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from core.domain.options import Level, Linkage, Scope, Tier, check_representative
+from core.domain.types import CropPayload
 from core.duplicates import photo_hash, review
 from core.duplicates.components import UnionFind, components
 
@@ -116,10 +117,9 @@ class Member:
 
     @classmethod
     def of(cls, point_id: str, payload: Mapping[str, Any], similarity: float) -> Member:
-        return cls(point_id, str(payload.get("factory", "")), str(payload.get("product_id", "")),
-                   str(payload.get("photo_path", "")), payload.get("box"), payload.get("crop_path"),
-                   round(float(similarity), 6), str(payload.get("photo_sha256") or ""),
-                   int(payload.get("crop_index") or 0))
+        crop = CropPayload.from_payload(payload)
+        return cls(point_id, crop.factory, crop.product_id, crop.photo_path, crop.box, crop.crop_path or None,
+                   round(float(similarity), 6), crop.photo_sha256, crop.crop_index)
 
 
 @dataclass
@@ -195,7 +195,8 @@ def _nodes(items: Items, level: Level) -> list[list[int]]:
         return [[i] for i in range(len(items))]
     by_product: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, payload in enumerate(items.payloads):
-        by_product[(str(payload.get("factory", "")), str(payload.get("product_id", "")))].append(i)
+        crop = CropPayload.from_payload(payload)
+        by_product[(crop.factory, crop.product_id)].append(i)
     return list(by_product.values())
 
 
@@ -538,8 +539,9 @@ def cluster(items: Items, settings: ClusterSettings = ClusterSettings(),
     node_of = np.empty(len(items), dtype=np.int64)
     for n, crops in enumerate(nodes):
         node_of[crops] = n
-    factories = sorted({str(p.get("factory", "")) for p in items.payloads})
-    labels = np.array([factories.index(str(p.get("factory", ""))) for p in items.payloads])
+    names = [CropPayload.from_payload(p).factory for p in items.payloads]
+    index = {name: k for k, name in enumerate(sorted(set(names)))}
+    labels = np.array([index[name] for name in names])
 
     low = min(settings.duplicate_threshold, settings.similar_threshold)
     blocks_per_side = -(-len(items) // settings.block)

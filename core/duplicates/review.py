@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.domain.types import CropPayload
 from core.errors import ShoeSearchError
 
 SAME, DIFFERENT = "same", "different"
@@ -64,11 +65,11 @@ def key_kind(key: str) -> str:
 def payload_keys(payload: Mapping[str, Any]) -> tuple[str | None, str | None, str]:
     """(crop key, photo key, product key) of a crop's payload; crop and photo keys are None
     for a payload without a content hash."""
-    sha = payload.get("photo_sha256")
-    product = product_key(str(payload.get("factory", "")), str(payload.get("product_id", "")))
-    if not sha:
+    crop = CropPayload.from_payload(payload)
+    product = product_key(crop.factory, crop.product_id)
+    if not crop.photo_sha256:
         return None, None, product
-    return crop_key(str(sha), payload.get("crop_index")), photo_key(str(sha)), product
+    return crop_key(crop.photo_sha256, crop.crop_index), photo_key(crop.photo_sha256), product
 
 
 def link_keys(payload: Mapping[str, Any]) -> set[str]:
@@ -365,11 +366,11 @@ class ContentIndex:
         self.path_by_sha: dict[str, str] = {}
         self.products: set[tuple[str, str]] = set()
         for payload in payloads:
-            sha, path = payload.get("photo_sha256"), payload.get("photo_path")
-            if sha and path:
-                self.sha_by_path[str(path)] = str(sha)
-                self.path_by_sha.setdefault(str(sha), str(path))
-            self.products.add((str(payload.get("factory", "")), str(payload.get("product_id", ""))))
+            crop = CropPayload.from_payload(payload)
+            if crop.photo_sha256 and crop.photo_path:
+                self.sha_by_path[crop.photo_path] = crop.photo_sha256
+                self.path_by_sha.setdefault(crop.photo_sha256, crop.photo_path)
+            self.products.add((crop.factory, crop.product_id))
 
     def resolve(self, value: str, sha256: str = "", crop: str = "", base: Path | None = None) -> str | None:
         """The key for one side of a row, or None if nothing matches. `sha256`/`crop` (export

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from core.domain.options import Method, Tier
+from core.domain.types import CropPayload
 from core.duplicates import photo_hash, review
 from core.duplicates.groups import (
     ClusterSettings,
@@ -167,11 +168,12 @@ class ClusterService:
         if progress:
             progress(0.9, "saving group ids")
         self._save(groups, items, bool(factories))
-        factories_count = Counter(str(p.get("factory", "")) for p in items.payloads)
+        crops = [CropPayload.from_payload(p) for p in items.payloads]
+        factories_count = Counter(crop.factory for crop in crops)
         grouped = {p for g in groups if g.tier in (Tier.DUPLICATE, Tier.SIMILAR) for p in g.member_points}
-        ungrouped = [{"point_id": pid, "factory": str(payload.get("factory", "")),
-                      "product_id": str(payload.get("product_id", "")), "photo_path": str(payload.get("photo_path", ""))}
-                     for pid, payload in zip(items.ids, items.payloads) if pid not in grouped]
+        ungrouped = [{"point_id": pid, "factory": crop.factory, "product_id": crop.product_id,
+                      "photo_path": crop.photo_path}
+                     for pid, crop in zip(items.ids, crops) if pid not in grouped]
         result = ClusterResult(settings, list(factories or []), groups, dissolved, len(items), dict(factories_count),
                                method, ungrouped)
         result.timings = {"read": loaded - started, "cluster": clustered - loaded,
