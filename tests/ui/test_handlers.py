@@ -367,3 +367,9 @@ def test_review_error_is_a_message_and_changes_nothing(handlers):
     assert review.group_id == group.group_id and path.read_text() == "not json"
     assert not next(g for g in review.groups if g["id"] == group.group_id)["reviewed"]
     assert handlers.find_duplicates(0.99, 0.97).status.startswith("⚠️ the review decisions")
+
+
+def test_a_group_id_of_no_tier_is_a_message_not_a_silent_similar(handlers):
+    results = handlers.search_text("boot", group="xyz-123")
+    assert results.hits == [] and results.status.startswith("⚠️ 'xyz-123' is not a duplicate group id")
+    assert handlers.find_duplicates(scope="everything").status.startswith("⚠️ Unknown option: scope 'everything'")
