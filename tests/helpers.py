@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,18 @@ def brute_force_pairs(vectors: np.ndarray, threshold: float) -> set[tuple[int, i
     sims = vectors @ vectors.T
     rows, cols = np.nonzero(np.triu(sims >= threshold, k=1))
     return set(zip(rows.tolist(), cols.tolist()))
+
+
+def png_bomb(path: Path, width: int = 100_000, height: int = 100_000) -> None:
+    """A tiny PNG whose header declares 10^10 pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
 
 
 def run_cli(*args: Any):
