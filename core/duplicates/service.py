@@ -1,4 +1,4 @@
-"""Clustering runs against the store: read vectors, cluster, keep ids stable, write reports.
+"""Clustering runs against the store: read vectors, cluster, keep ids stable (reports: core/duplicates/reports.py).
 
 The last run's groups are kept twice: in a sidecar (`DATA_DIR/clusters/<collection>.json`,
 group id -> member point ids, used to keep ids stable on the next run, and which groups were
