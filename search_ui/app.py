@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import gradio as gr
 
+    from core.app import App
     from core.settings import Settings
     from search_ui.handlers import Handlers
 
@@ -95,6 +96,8 @@ def upload_path(payload: Any, max_bytes: int) -> str | None:
 def build_app(handlers: "Handlers") -> "gr.Blocks":
     """The whole page: Search (text / photo / more-like-this), Duplicates and Catalogue tabs."""
     import gradio as gr
+
+    from core.domain.options import Level, Linkage, Scope, choices
 
     max_upload = handlers.settings.ui_max_upload_mb * 1024 * 1024
 
@@ -194,9 +197,9 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                     sim_threshold = gr.Slider(0.5, 1.0, value=0.85, step=0.005, label="Similar: cosine ≥",
                                               elem_id="sim-threshold")
                 with gr.Row():
-                    scope = gr.Radio(["all", "cross-factory", "within-factory"], value="all", label="Pairs")
-                    level = gr.Radio(["crop", "product"], value="crop", label="Level")
-                    linkage = gr.Radio(["single", "complete"], value="single",
+                    scope = gr.Radio(choices(Scope), value=Scope.ALL.value, label="Pairs")
+                    level = gr.Radio(choices(Level), value=Level.CROP.value, label="Level")
+                    linkage = gr.Radio(choices(Linkage), value=Linkage.SINGLE.value,
                                        label="Linkage (complete: no chaining)")
                 dup_factories = gr.Dropdown(label="Only these factories (empty: all)",
                                             choices=[], multiselect=True,
@@ -575,48 +578,30 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
     return demo
 
 
-def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
-    """Open the store and the models once; every request shares them.
+def create_handlers(app: "App", preload: bool = True) -> "Handlers":
+    """The UI's behaviour over `app`'s store and models (core/app.py), which every request shares.
 
-    Refuses (SchemaMismatch) a collection made by another CLIP model, as the CLI does, instead of
-    starting and failing every search.
+    Refuses a store another search UI already serves (StoreLocked), and (SchemaMismatch) a
+    collection made by another CLIP model, as the CLI does, instead of starting and failing
+    every search. `preload`: load the models now (app.preload), not at the first request.
     """
-    from core.app import ingest_service, open_head_index, open_store, product_links
     from core.errors import StoreLocked
-    from core.search.service import SearchService
     from core.store.base import check_model
     from search_ui.handlers import Handlers
 
-    store = open_store(settings)
+    store = app.store
     if store.holder is not None:  # another search-ui holds and serves this store
-        store.close()
         raise StoreLocked(f"The {store.location} is already served by {store.holder}: use that one, "
                           f"or stop it first.")
-    try:
-        head = open_head_index(settings, store)
-        ingest = ingest_service(settings, store, head)
-        search = SearchService(store, ingest.embedder, ingest.detector, crop_margin=settings.crop_margin,
-                               head_index=head, background_remover=ingest.background_remover,
-                               product_links=product_links(settings))
-        info = store.info()
-        if info is not None:  # before any model loads: a mismatch is known from the names
-            check_model(info, store.collection, store.location, ingest.embedder.model_id, None,
-                        ingest.embedder.text_model_id)
-        if preload:  # both models at once: start-up is mostly loading them
-            from concurrent.futures import ThreadPoolExecutor
-
-            loaders = [ingest.embedder.load] + [part.load for part in (ingest.detector, ingest.background_remover)
-                                                if hasattr(part, "load")]
-            with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
-                for future in [pool.submit(load) for load in loaders]:
-                    future.result()
-            if info is not None:
-                check_model(info, store.collection, store.location, ingest.embedder.model_id,
-                            ingest.embedder.dimension)
-    except BaseException:
-        store.close()
-        raise
-    return Handlers(settings, store, search, ingest)
+    embedder = app.embedder
+    info = store.info()
+    if info is not None:  # before any model loads: a mismatch is known from the names
+        check_model(info, store.collection, store.location, embedder.model_id, None, embedder.text_model_id)
+    if preload:
+        app.preload()
+        if info is not None:
+            check_model(info, store.collection, store.location, embedder.model_id, embedder.dimension)
+    return Handlers(app.settings, store, app.search, app.ingest)
 
 
 class LoginThrottle:
@@ -762,6 +747,7 @@ def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
 
 def main() -> None:
     """Console entry point `search-ui`."""
+    from core.app import open_app
     from core.errors import ShoeSearchError
     from core.settings import load_settings
 
@@ -777,21 +763,18 @@ def main() -> None:
         print(f"error: UI_PORT {settings.ui_port} on {settings.ui_host} is already in use (another search-ui?): "
               f"stop that program or set UI_PORT to a free port.", file=sys.stderr)
         sys.exit(1)
-    try:
-        handlers = create_handlers(settings)
-    except ShoeSearchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    try:
-        launch(settings, handlers)
-    except OSError as exc:  # the port was taken while the models loaded
-        print(f"error: cannot serve on {settings.ui_host}:{settings.ui_port} (UI_PORT): {exc.strerror or exc}",
-              file=sys.stderr)
-        sys.exit(1)
-    finally:
-        handlers.store.close()
-        if handlers.search.head_index is not None:
-            handlers.search.head_index.store.close()
+    with open_app(settings) as app:  # closes the store (and the head's) when serving ends
+        try:
+            handlers = create_handlers(app)
+        except ShoeSearchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        try:
+            launch(settings, handlers)
+        except OSError as exc:  # the port was taken while the models loaded
+            print(f"error: cannot serve on {settings.ui_host}:{settings.ui_port} (UI_PORT): {exc.strerror or exc}",
+                  file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -180,21 +180,15 @@ def sample(tmp_path):
 
 @pytest.fixture
 def handlers(ui_settings, sample, tiny_embedder):
-    from core.app import product_links
+    """The UI's handlers over the app (core/app.py) with the tiny CLIP model and the blob detector."""
+    from core.app import open_app
     from core.catalogue.folders import discover
-    from core.pipeline.ingest import IngestService
-    from core.search.service import SearchService
-    from core.store.edge import EdgeStore
     from search_ui.handlers import Handlers
 
-    store = EdgeStore(ui_settings.embedded_store_dir, ui_settings.qdrant_collection)
-    detector = BlobDetector()
-    ingest = IngestService(store, tiny_embedder, detector, ui_settings.data_dir, batch_size=8)
-    for factory in ("factory_a", "factory_b", "factory_c"):
-        ingest.add(discover(sample.factory_dir(factory)), factory)
-    search = SearchService(store, tiny_embedder, detector, product_links=product_links(ui_settings))  # as create_handlers
-    yield Handlers(ui_settings, store, search, ingest)
-    store.close()
+    with open_app(ui_settings, embedder=tiny_embedder, detector=BlobDetector(), background_remover=None) as app:
+        for factory in ("factory_a", "factory_b", "factory_c"):
+            app.ingest.add(discover(sample.factory_dir(factory)), factory)
+        yield Handlers(ui_settings, app.store, app.search, app.ingest)
 
 
 @pytest.fixture

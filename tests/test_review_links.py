@@ -165,15 +165,14 @@ def expected_collapse(full: list, top_k: int) -> list[tuple[str, list[tuple[str,
 
 
 def test_search_service_collapses_linked_products(indexed):
-    from core.app import open_store, search_service
+    from core.app import open_app
     from core.settings import load_settings
 
     catalogue, tmp = indexed
     link(tmp, TRUE_LINKS)
     settings = load_settings()
-    store = open_store(settings)
-    try:
-        service = search_service(settings, store)
+    with open_app(settings) as app:
+        store, service = app.store, app.search
         front = next(p for p in store.scroll() if p.payload["product_id"] == "A100"
                      and p.payload["photo_path"].endswith("front.jpg"))
         full = service.more_like_this(front.id, top_k=36, include_self=True)  # the whole index, ranked
@@ -219,8 +218,6 @@ def test_search_service_collapses_linked_products(indexed):
         Decisions(tmp / "data", "shoes").path.unlink()
         assert [h.point_id for h in service.more_like_this(front.id, top_k=8, include_self=True,
                                                            collapse_linked=True)] == [h.point_id for h in full[:8]]
-    finally:
-        store.close()
 
 
 def test_search_cli_collapse_linked(indexed):

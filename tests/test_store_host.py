@@ -92,10 +92,12 @@ def test_a_busy_ui_is_waited_for_like_a_busy_lock(host, handlers):
 
 
 def test_a_second_ui_on_a_served_store_is_refused(host, handlers):
+    from core.app import open_app
     from search_ui.app import create_handlers
 
-    with pytest.raises(StoreLocked, match=r"is already served by search-ui \(process \d+\) at http://127.0.0.1:\d+"):
-        create_handlers(handlers.settings, preload=False)
+    with pytest.raises(StoreLocked, match=r"is already served by search-ui \(process \d+\) at http://127.0.0.1:\d+"), \
+            open_app(handlers.settings) as app:
+        create_handlers(app, preload=False)
 
 
 def test_a_collection_the_holder_does_not_hold_is_named(host, handlers):
