@@ -604,7 +604,7 @@ def cluster_command(
     level: Annotated[str, typer.Option(help="crop | product (a product pair scores its best crop pair)")] = "crop",
     linkage: Annotated[str, typer.Option(help="single (connected components) | complete (no chaining)")] = "single",
     representative: Annotated[str, typer.Option(help="medoid | largest | confidence | factory:NAME")] = "medoid",
-    method: Annotated[str, typer.Option(help="auto | exact | knn (nearest neighbours from the index)")] = "auto",
+    method: Annotated[str, typer.Option(help="auto | exact | ann (bucket index, pairs scored exactly) | knn (the store's nearest neighbours, batched; a server's HNSW); auto: exact up to 300k crops, then knn against a server, ann otherwise")] = "auto",
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("cluster_report"),
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv,folders,collage")] = "json,csv",
     labels: Annotated[Optional[Path], typer.Argument(
@@ -624,7 +624,7 @@ def cluster_command(
         raise typer.BadParameter("a labels file goes with --calibrate (ingest cluster --calibrate LABELS.csv)",
                                  param_hint="LABELS.csv")
     choices = {"scope": (scope, ("all", "cross-factory", "within-factory")), "level": (level, ("crop", "product")),
-               "linkage": (linkage, ("single", "complete")), "method": (method, ("auto", "exact", "knn"))}
+               "linkage": (linkage, ("single", "complete")), "method": (method, ("auto", "exact", "ann", "knn"))}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise typer.BadParameter(f"--{name} must be one of {', '.join(allowed)}", param_hint=f"--{name}")
@@ -645,7 +645,7 @@ def cluster_command(
             _check_factories(store, factory)
             if representative.startswith("factory:"):
                 _check_factories(store, representative.removeprefix("factory:"))
-            service = ClusterService(store, settings.data_dir)
+            service = ClusterService(store, settings.data_dir, server_index=bool(settings.qdrant_url))
             if calibrate_:
                 result = service.calibrate(labels, target_precision)
                 _report_calibration(result, output, as_json)

@@ -1,0 +1,97 @@
+"""Candidate pairs for very large catalogues: an inverted-file index built for the run, pairs scored exactly.
+
+The exact blocked search (core.duplicates.groups.pair_blocks) does N^2/2 dot products: fine up to
+a few hundred thousand crops, hours at millions. Clustering asks every crop for its neighbours,
+so instead of one approximate query per crop (the store's HNSW: recall 0.65 at 100k) the index is
+made for this self-join, in the way of an IVF index:
+
+1. `buckets` centroids by spherical k-means on a sample (a few matrix products);
+2. every crop goes into the buckets of its `probes` nearest centroids (a crop near a border sits
+   in both buckets, so a near pair across it still meets);
+3. inside each bucket every pair is scored exactly (the same blocked matrix products as the
+   exact path, float32), and pairs at or above the threshold are kept.
+
+Scores are exact; only a pair whose crops share none of their buckets can be missed. Pair recall
+against the exact search is measured in benchmarks/bench_cluster.py (README "Clustering").
+Time is about N x buckets (assignment) + N x bucket size x probes (pairs) dot products instead of
+N^2/2; memory is the vectors plus a bucket's block of scores. Plain numpy (BLAS): no extra
+dependency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from core.duplicates.groups import pair_blocks
+
+DEFAULT_PROBES = 2
+KMEANS_ITERATIONS = 6
+ROWS = 16384  # rows per matrix product when assigning crops to centroids
+
+
+def default_buckets(n: int) -> int:
+    """About 2 * sqrt(n) buckets (2000 at 1M: buckets of ~1000 crops with 2 probes), at most n / 64."""
+    return int(max(1, min(2 * round(np.sqrt(n)), n // 64)))
+
+
+def spherical_kmeans(vectors: np.ndarray, k: int, iterations: int = KMEANS_ITERATIONS, sample: int | None = None,
+                     seed: int = 0) -> np.ndarray:
+    """`k` unit centroids of (a sample of, 40 per centroid by default) the unit `vectors`."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    n = len(vectors)
+    size = min(n, sample or 40 * k)
+    points = vectors[np.sort(rng.choice(n, size=size, replace=False))] if size < n else vectors
+    centroids = points[rng.choice(len(points), size=k, replace=False)].copy()
+    for _ in range(iterations):
+        nearest = np.concatenate([np.argmax(points[s:s + ROWS] @ centroids.T, axis=1)
+                                  for s in range(0, len(points), ROWS)])
+        sums = sparse.csr_matrix((np.ones(len(points), dtype=np.float32), (nearest, np.arange(len(points)))),
+                                 shape=(k, len(points))) @ points
+        filled = np.bincount(nearest, minlength=k) > 0  # an empty bucket keeps its centroid
+        norms = np.linalg.norm(sums[filled], axis=1, keepdims=True)
+        centroids[filled] = sums[filled] / np.maximum(norms, 1e-12)
+    return centroids
+
+
+def bucket_pairs(vectors: np.ndarray, threshold: float, probes: int = DEFAULT_PROBES, buckets: int | None = None,
+                 block: int = 4096, seed: int = 0,
+                 progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (rows < cols) of L2-normalized `vectors` with exact cosine >= `threshold` among crops
+    that share a bucket (see the module's docstring)."""
+    n = len(vectors)
+    empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    if n < 2:
+        return empty
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    k = buckets or default_buckets(n)
+    probes = max(1, min(probes, k))
+    centroids = spherical_kmeans(vectors, k, seed=seed)
+    assigned = np.empty((n, probes), dtype=np.int32)
+    for start in range(0, n, ROWS):
+        sims = vectors[start:start + ROWS] @ centroids.T
+        assigned[start:start + ROWS] = (np.argpartition(-sims, probes - 1, axis=1)[:, :probes] if probes < k
+                                        else np.argsort(-sims, axis=1)[:, :probes])
+    del centroids
+    flat = assigned.ravel()
+    order = np.argsort(flat, kind="stable")  # stable: members of a bucket in ascending crop order
+    members_all = (order // probes).astype(np.int64)
+    bounds = np.searchsorted(flat[order], np.arange(k + 1))
+    del assigned, flat, order
+    keys, values = [], []
+    for b in range(k):
+        members = members_all[bounds[b]:bounds[b + 1]]
+        if len(members) > 1:
+            for rows, cols, sims in pair_blocks(vectors[members], threshold, block=block):
+                keys.append(members[rows] * n + members[cols])  # ascending members: rows < cols stays
+                values.append(sims)
+        if progress and b % 64 == 0:
+            progress(b / k)
+    if not keys:
+        return empty
+    key, first = np.unique(np.concatenate(keys), return_index=True)  # a pair may share two buckets
+    sims = np.concatenate(values)[first].astype(np.float32)
+    return key // n, key % n, sims
