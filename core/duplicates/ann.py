@@ -26,24 +26,26 @@ import numpy as np
 
 from core.duplicates.groups import pair_blocks
 
-DEFAULT_PROBES = 2
+DEFAULT_PROBES = 3
+BUCKETS_PER_ROOT = 8.0
 KMEANS_ITERATIONS = 6
-ROWS = 16384  # rows per matrix product when assigning crops to centroids
+ROWS = 4096  # rows per matrix product when assigning crops to centroids
+ASSIGN_DIMS = 64  # centroids and assignment in the top principal directions; pair scores use all dims
 
 
 def default_buckets(n: int) -> int:
-    """About 2 * sqrt(n) buckets (2000 at 1M: buckets of ~1000 crops with 2 probes), at most n / 64."""
-    return int(max(1, min(2 * round(np.sqrt(n)), n // 64)))
+    """About BUCKETS_PER_ROOT * sqrt(n) buckets, at most n / 32."""
+    return int(max(1, min(round(BUCKETS_PER_ROOT * np.sqrt(n)), n // 32)))
 
 
 def spherical_kmeans(vectors: np.ndarray, k: int, iterations: int = KMEANS_ITERATIONS, sample: int | None = None,
                      seed: int = 0) -> np.ndarray:
-    """`k` unit centroids of (a sample of, 40 per centroid by default) the unit `vectors`."""
+    """`k` unit centroids of (a sample of, 16 per centroid by default) the unit `vectors`."""
     from scipy import sparse
 
     rng = np.random.default_rng(seed)
     n = len(vectors)
-    size = min(n, sample or 40 * k)
+    size = min(n, sample or 16 * k)
     points = vectors[np.sort(rng.choice(n, size=size, replace=False))] if size < n else vectors
     centroids = points[rng.choice(len(points), size=k, replace=False)].copy()
     for _ in range(iterations):
@@ -57,8 +59,22 @@ def spherical_kmeans(vectors: np.ndarray, k: int, iterations: int = KMEANS_ITERA
     return centroids
 
 
+def projection(vectors: np.ndarray, dims: int, sample: int = 50_000, seed: int = 0) -> np.ndarray | None:
+    """A (dim, dims) matrix onto the top `dims` principal directions of a sample (None: keep all)."""
+    if dims >= vectors.shape[1]:
+        return None
+    rng = np.random.default_rng(seed)
+    rows = vectors[np.sort(rng.choice(len(vectors), size=min(len(vectors), sample), replace=False))]
+    _, eigenvectors = np.linalg.eigh(rows.T.astype(np.float64) @ rows)
+    return np.ascontiguousarray(eigenvectors[:, ::-1][:, :dims], dtype=np.float32)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 def bucket_pairs(vectors: np.ndarray, threshold: float, probes: int = DEFAULT_PROBES, buckets: int | None = None,
-                 block: int = 4096, seed: int = 0,
+                 dims: int = ASSIGN_DIMS, block: int = 4096, seed: int = 0,
                  progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (rows < cols) of L2-normalized `vectors` with exact cosine >= `threshold` among crops
     that share a bucket (see the module's docstring)."""
@@ -69,12 +85,21 @@ def bucket_pairs(vectors: np.ndarray, threshold: float, probes: int = DEFAULT_PR
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     k = buckets or default_buckets(n)
     probes = max(1, min(probes, k))
-    centroids = spherical_kmeans(vectors, k, seed=seed)
+    project = projection(vectors, dims, seed=seed)
+
+    def reduced(start: int, stop: int) -> np.ndarray:
+        return vectors[start:stop] if project is None else _unit(vectors[start:stop] @ project)
+
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 16 * k), replace=False))
+    centroids = spherical_kmeans(vectors[sample] if project is None else _unit(vectors[sample] @ project), k,
+                                 seed=seed)
     assigned = np.empty((n, probes), dtype=np.int32)
     for start in range(0, n, ROWS):
-        sims = vectors[start:start + ROWS] @ centroids.T
-        assigned[start:start + ROWS] = (np.argpartition(-sims, probes - 1, axis=1)[:, :probes] if probes < k
-                                        else np.argsort(-sims, axis=1)[:, :probes])
+        sims = reduced(start, start + ROWS) @ centroids.T
+        for p in range(probes):  # the `probes` nearest centroids: repeated argmax (cheaper than a partition)
+            best = np.argmax(sims, axis=1)
+            assigned[start:start + len(sims), p] = best
+            sims[np.arange(len(sims)), best] = -np.inf
     del centroids
     flat = assigned.ravel()
     order = np.argsort(flat, kind="stable")  # stable: members of a bucket in ascending crop order
