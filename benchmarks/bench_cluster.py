@@ -54,21 +54,9 @@ def case(kind: str, n: int) -> dict:
 
     from core.duplicates.groups import ClusterSettings, Items, brute_force_pairs, cluster, exact_pairs
 
-    vectors, _ = clustered_vectors(n)
-    ids = [f"{i:08d}" for i in range(n)]
-    payloads = [{"factory": f"f{i % 20}", "product_id": f"p{i}"} for i in range(n)]
-    base_rss = peak_rss_mb()
-    started = time.perf_counter()
-    if kind == "ours":
-        groups = cluster(Items(ids, vectors, payloads), ClusterSettings(identical=False))
-        result = {"groups_dup": sum(g.tier == "duplicate" for g in groups),
-                  "groups_sim": sum(g.tier == "similar" for g in groups)}
-    elif kind == "brute":
-        result = {"pairs": len(brute_force_pairs(vectors, 0.85))}
-    elif kind == "ann":
+    if kind == "ann":  # before the default generator: its temporaries would be the peak at 1M
         from core.duplicates.ann import DEFAULT_PROBES, bucket_pairs, default_buckets
 
-        del vectors, ids, payloads
         vectors = lean_clustered_vectors(n)
         ids = [f"{i:08d}" for i in range(n)]
         payloads = [{"factory": f"f{i % 20}", "product_id": f"p{i}"} for i in range(n)]
@@ -92,6 +80,17 @@ def case(kind: str, n: int) -> dict:
                 "pair_recall": round(len(found & truth) / max(1, len(truth)), 4), "sample_pairs": len(truth),
                 "groups_dup": sum(g.tier == "duplicate" for g in groups),
                 "groups_sim": sum(g.tier == "similar" for g in groups)}
+    vectors, _ = clustered_vectors(n)
+    ids = [f"{i:08d}" for i in range(n)]
+    payloads = [{"factory": f"f{i % 20}", "product_id": f"p{i}"} for i in range(n)]
+    base_rss = peak_rss_mb()
+    started = time.perf_counter()
+    if kind == "ours":
+        groups = cluster(Items(ids, vectors, payloads), ClusterSettings(identical=False))
+        result = {"groups_dup": sum(g.tier == "duplicate" for g in groups),
+                  "groups_sim": sum(g.tier == "similar" for g in groups)}
+    elif kind == "brute":
+        result = {"pairs": len(brute_force_pairs(vectors, 0.85))}
     elif kind == "knn":
         from core.duplicates.service import knn_candidates
         from core.store.base import StoredPoint

@@ -6,15 +6,14 @@ so instead of one approximate query per crop (the store's HNSW: recall 0.65 at 1
 made for this self-join, in the way of an IVF index:
 
 1. `buckets` centroids by spherical k-means on a sample (a few matrix products);
-2. every crop goes into the buckets of its `probes` nearest centroids (a crop near a border sits
-   in both buckets, so a near pair across it still meets);
-3. inside each bucket every pair is scored exactly (the same blocked matrix products as the
-   exact path, float32), and pairs at or above the threshold are kept.
+2. every crop has a home bucket (its nearest centroid) and probes its `probes` nearest buckets;
+3. in each bucket, its home crops are scored exactly (float32 matrix products) against every
+   crop that probes it, and pairs at or above the threshold are kept.
 
-Scores are exact; only a pair whose crops share none of their buckets can be missed. Pair recall
+Scores are exact; only a pair where neither crop probes the other's home bucket can be missed. Pair recall
 against the exact search is measured in benchmarks/bench_cluster.py (README "Clustering").
-Time is about N x buckets (assignment) + N x bucket size x probes (pairs) dot products instead of
-N^2/2; memory is the vectors plus a bucket's block of scores. Plain numpy (BLAS): no extra
+Time is about N x buckets (assignment, in 64 principal dimensions) + N x probes x N / buckets
+(pairs) dot products instead of N^2/2; memory is the vectors plus a bucket's block of scores. Plain numpy (BLAS): no extra
 dependency.
 """
 
@@ -24,9 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from core.duplicates.groups import pair_blocks
-
-DEFAULT_PROBES = 3
+DEFAULT_PROBES = 8
 BUCKETS_PER_ROOT = 8.0
 KMEANS_ITERATIONS = 6
 ROWS = 4096  # rows per matrix product when assigning crops to centroids
@@ -101,19 +98,31 @@ def bucket_pairs(vectors: np.ndarray, threshold: float, probes: int = DEFAULT_PR
             assigned[start:start + len(sims), p] = best
             sims[np.arange(len(sims)), best] = -np.inf
     del centroids
+    primary = assigned[:, 0]
+    by_primary = np.argsort(primary, kind="stable")
+    primary_bounds = np.searchsorted(primary[by_primary], np.arange(k + 1))
     flat = assigned.ravel()
-    order = np.argsort(flat, kind="stable")  # stable: members of a bucket in ascending crop order
-    members_all = (order // probes).astype(np.int64)
-    bounds = np.searchsorted(flat[order], np.arange(k + 1))
-    del assigned, flat, order
+    by_probe = np.argsort(flat, kind="stable")
+    probe_bounds = np.searchsorted(flat[by_probe], np.arange(k + 1))
+    probe_members = (by_probe // probes).astype(np.int64)
+    del assigned, flat, by_probe
     keys, values = [], []
     for b in range(k):
-        members = members_all[bounds[b]:bounds[b + 1]]
-        if len(members) > 1:
-            for rows, cols, sims in pair_blocks(vectors[members], threshold, block=block):
-                keys.append(members[rows] * n + members[cols])  # ascending members: rows < cols stays
-                values.append(sims)
-        if progress and b % 64 == 0:
+        # Crops whose nearest centroid is b against every crop that probes b (b among its nearest
+        # `probes`): a pair meets when either crop's home bucket is among the other's probes.
+        home = by_primary[primary_bounds[b]:primary_bounds[b + 1]].astype(np.int64)
+        visitors = probe_members[probe_bounds[b]:probe_bounds[b + 1]]
+        if len(home) == 0 or len(visitors) < 2:
+            continue
+        for start in range(0, len(home), block):
+            rows_of = home[start:start + block]
+            sims = vectors[rows_of] @ vectors[visitors].T
+            r, c = np.nonzero(sims >= threshold)
+            a, z = rows_of[r], visitors[c]
+            keep = a != z
+            keys.append(np.minimum(a, z)[keep] * n + np.maximum(a, z)[keep])
+            values.append(sims[r[keep], c[keep]])
+        if progress and b % 256 == 0:
             progress(b / k)
     if not keys:
         return empty
