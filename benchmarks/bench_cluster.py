@@ -3,12 +3,16 @@ brute force of the older scripts (in the same run, where its matrix fits), and p
 of the k-nearest-neighbour path (embedded store's index) against the exact path.
 
     python -m benchmarks.bench_cluster [--sizes 10000,100000]
+    python -m benchmarks.bench_cluster --ann-size 1000000   # the bucket index at 1M crops:
+        whole clustering (pairs + groups) time and peak RSS, pair recall against the exact
+        search on a 100k sample of the same vectors
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -19,12 +23,64 @@ from benchmarks.common import clustered_vectors, machine, peak_rss_mb, run_child
 BRUTE_FORCE_MAX = 20_000  # the N x N float32 matrix: 1.6 GB at 20k, 40 GB at 100k
 
 
+def lean_clustered_vectors(n: int, dim: int = 512, seed: int = 0, group_size: int = 8) -> "np.ndarray":
+    """The same kind of vectors as `clustered_vectors` (half in groups of 8 at cosine ~0.88-0.99, half
+    scattered, rows in random order), written chunk by chunk into one float32 matrix: at 1M the
+    generator must not hold several 2 GB temporaries."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_groups = n // 2 // group_size
+    out = np.empty((n, dim), dtype=np.float32)
+    slot = rng.permutation(n)  # where each generated row lands
+    chunk = 4096 * group_size
+    for start in range(0, n_groups * group_size, chunk):
+        stop = min(n_groups * group_size, start + chunk)
+        centres = rng.normal(size=((stop - start) // group_size, dim)).astype(np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        scale = rng.uniform(0.1, 0.35, size=(len(centres), 1)).astype(np.float32)
+        members = np.repeat(centres, group_size, axis=0)
+        members += np.repeat(scale, group_size, axis=0) * rng.normal(size=members.shape).astype(np.float32) / np.sqrt(dim)
+        out[slot[start:stop]] = members / np.linalg.norm(members, axis=1, keepdims=True)
+    for start in range(n_groups * group_size, n, chunk):
+        stop = min(n, start + chunk)
+        scattered = rng.normal(size=(stop - start, dim)).astype(np.float32)
+        out[slot[start:stop]] = scattered / np.linalg.norm(scattered, axis=1, keepdims=True)
+    return out
+
+
 def case(kind: str, n: int) -> dict:
     import numpy as np
 
     from core.duplicates.groups import ClusterSettings, Items, cluster, exact_pairs
     from tests.helpers import brute_force_pairs
 
+    if kind == "ann":  # before the default generator: its temporaries would be the peak at 1M
+        from core.duplicates.ann import DEFAULT_PROBES, bucket_pairs, default_buckets
+
+        vectors = lean_clustered_vectors(n)
+        ids = [f"{i:08d}" for i in range(n)]
+        payloads = [{"factory": f"f{i % 20}", "product_id": f"p{i}"} for i in range(n)]
+        base_rss = peak_rss_mb()
+        started = time.perf_counter()
+        candidates = bucket_pairs(vectors, 0.85)
+        paired = time.perf_counter()
+        groups = cluster(Items(ids, vectors, payloads), ClusterSettings(identical=False, hash_distance=None),
+                         candidates=candidates)
+        seconds = time.perf_counter() - started
+        peak = peak_rss_mb()
+        sample = min(n, 100_000)  # rows are in random order: the first `sample` are a random sample
+        exact_rows, exact_cols, _ = exact_pairs(vectors[:sample], 0.85)
+        truth = set(zip(exact_rows.tolist(), exact_cols.tolist()))
+        rows, cols, _ = candidates
+        inside = (rows < sample) & (cols < sample)
+        found = set(zip(rows[inside].tolist(), cols[inside].tolist()))
+        return {"kind": kind, "n": n, "seconds": round(seconds, 2), "pairs_seconds": round(paired - started, 2),
+                "peak_rss_mb": round(peak, 0), "base_rss_mb": round(base_rss, 0),
+                "buckets": default_buckets(n), "probes": DEFAULT_PROBES, "sample": sample,
+                "pair_recall": round(len(found & truth) / max(1, len(truth)), 4), "sample_pairs": len(truth),
+                "groups_dup": sum(g.tier == "duplicate" for g in groups),
+                "groups_sim": sum(g.tier == "similar" for g in groups)}
     vectors, _ = clustered_vectors(n)
     ids = [f"{i:08d}" for i in range(n)]
     payloads = [{"factory": f"f{i % 20}", "product_id": f"p{i}"} for i in range(n)]
@@ -65,11 +121,22 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--case", nargs=2, metavar=("KIND", "N"))
     parser.add_argument("--knn-size", type=int, default=10000)
+    parser.add_argument("--ann-size", type=int, default=0, help="run only the bucket-index case at this size")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(case(args.case[0], int(args.case[1]))))
         return
     print(f"machine: {machine()}")
+    if args.ann_size:
+        print(f"load before: {os.getloadavg()[0]:.1f} (1-min average, {os.cpu_count()} cores)")
+        ann = run_child("benchmarks.bench_cluster", "--case", "ann", str(args.ann_size))
+        print(f"load after: {os.getloadavg()[0]:.1f}")
+        print(f"bucket index at {ann['n']} crops (512-d, {ann['buckets']} buckets, {ann['probes']} probes): "
+              f"whole clustering {ann['seconds']} s (pairs {ann['pairs_seconds']} s), peak RSS {ann['peak_rss_mb']} MB "
+              f"(vectors and payloads alone {ann['base_rss_mb']} MB); {ann['groups_dup']} dup / {ann['groups_sim']} sim "
+              f"groups; pair recall {ann['pair_recall']} of {ann['sample_pairs']} exact pairs >= 0.85 on a "
+              f"{ann['sample']} sample")
+        return
     print("settings: duplicate >= 0.95, similar >= 0.85, scope all, crop level, single linkage, block 4096; "
           "vectors: 512-d, half in groups of 8 (cosine ~0.88-0.99), half scattered; every case in its own process")
     rows = []

@@ -205,7 +205,8 @@ class App:
     def clusters(self):
         from core.duplicates.service import ClusterService
 
-        return self._part("clusters", lambda: ClusterService(self.store, self.settings.data_dir))
+        return self._part("clusters", lambda: ClusterService(self.store, self.settings.data_dir,
+                                                                 server_index=bool(self.settings.qdrant_url)))
 
     def models(self) -> list[Any]:
         """The models this app's services run: embedder, detector and background remover (those in use)."""

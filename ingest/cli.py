@@ -645,7 +645,10 @@ def cluster_command(
     linkage: Annotated[Linkage, typer.Option(
         help="single (connected components) | complete (no chaining)")] = Linkage.SINGLE,
     representative: Annotated[str, typer.Option(help="medoid | largest | confidence | factory:NAME")] = "medoid",
-    method: Annotated[Method, typer.Option(help="auto | exact | knn (nearest neighbours from the index)")] = Method.AUTO,
+    method: Annotated[Method, typer.Option(
+        help="auto | exact | ann (bucket index, pairs scored exactly) | knn (the store's nearest neighbours, "
+             "batched; a server's HNSW); auto: exact up to 300k crops, then knn against a server, ann "
+             "otherwise")] = Method.AUTO,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("cluster_report"),
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv,folders,collage")] = "json,csv",
     labels: Annotated[Optional[Path], typer.Argument(

@@ -162,7 +162,7 @@ class Handlers:
         self.store = store
         self.search = search
         self.ingest = ingest
-        self.clusters = ClusterService(store, settings.data_dir)
+        self.clusters = ClusterService(store, settings.data_dir, server_index=bool(settings.qdrant_url))
         self.data_dir = Path(settings.data_dir).resolve()
         self._ingest_lock = threading.Lock()  # one upload ingest at a time; searches go on
         # The `ingest` command writing through this UI right now (core/store/host.py), in words, or None.

@@ -328,3 +328,28 @@ def test_cross_factory_complete_linkage_never_returns_a_single_factory_group():
                 assert len(group.factories) >= 2, (threshold, linkage, group.factories)
                 found += 1
     assert found > 20
+
+
+def test_bucket_index_pairs_are_exact_pairs_with_exact_scores():
+    from core.duplicates.ann import bucket_pairs
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(60, 48))
+    vectors = np.repeat(centers, 8, axis=0) + rng.normal(scale=0.3, size=(480, 48))
+    vectors = np.vstack([vectors, rng.normal(size=(520, 48))])
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    truth = brute_force_pairs(vectors, 0.85)
+    assert len(truth) > 500
+    exact_scores = {(a, b): float(vectors[a] @ vectors[b]) for a, b in truth}
+    # One bucket, or every crop in every bucket: exactly the exact search.
+    for buckets, probes in ((1, 1), (6, 6)):
+        rows, cols, sims = bucket_pairs(vectors, 0.85, probes=probes, buckets=buckets)
+        assert list(zip(rows.tolist(), cols.tolist())) == sorted(truth)
+    rows, cols, sims = bucket_pairs(vectors, 0.85, buckets=15, probes=1)
+    found = list(zip(rows.tolist(), cols.tolist()))
+    assert len(set(found)) == len(found) and set(found) <= truth and np.all(rows < cols)
+    np.testing.assert_allclose(sims, [exact_scores[p] for p in found], atol=1e-5)
+    one_probe = len(found)
+    rows, cols, _ = bucket_pairs(vectors, 0.85, buckets=15, probes=3)
+    assert one_probe < len(truth) and len(rows) >= one_probe  # a second and third bucket find pairs across borders
+    assert len(rows) / len(truth) >= 0.99

@@ -340,3 +340,37 @@ def test_recommend_without_examples_or_with_an_unknown_strategy_is_refused(store
         store.recommend([np.ones(DIM)], [], strategy="mean")
     with pytest.raises(ValueError, match="average_vector needs at least one positive"):
         store.recommend([], [np.ones(DIM)], strategy="average_vector")
+
+
+def test_query_batch_equals_numpy_and_single_queries(store):
+    """Batched queries (clustering's nearest-neighbour candidates): one hit list per vector, in order,
+    equal to numpy's exact ranking, filtered or not, with or without payloads."""
+    assert store.query_batch([np.ones(DIM)], limit=3) == [[]]  # no collection yet
+    rng = np.random.default_rng(5)
+    points = _points(2000, rng)
+    store.ensure_collection("m", DIM)
+    for start in range(0, len(points), 500):
+        store.upsert(points[start:start + 500])
+    store.optimize()
+    assert store.query_batch([], limit=3) == []
+    matrix = np.stack([p.vector for p in points])
+    factories = np.array([p.payload["factory"] for p in points])
+    queries = rng.normal(size=(25, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for allowed in (None, ["b", "d"]):
+        where = {"factory": allowed} if allowed else None
+        mask = np.isin(factories, allowed) if allowed else np.ones(len(points), bool)
+        scores = np.where(mask[None, :], queries @ matrix.T, -np.inf)
+        batches = store.query_batch(queries, where=where, limit=12, exact=True)
+        assert len(batches) == len(queries)
+        for q, hits, row in zip(queries, batches, scores):
+            assert [h.point_id for h in hits] == [points[i].id for i in np.argsort(-row)[:12]]
+            np.testing.assert_allclose([h.score for h in hits], np.sort(row)[::-1][:12], atol=1e-5)
+            assert all(h.factory in (allowed or "abcd") for h in hits)
+            assert [h.point_id for h in hits] == [h.point_id for h in store.query(q, where=where, limit=12)]
+    bare = store.query_batch(matrix[:4], limit=50, score_threshold=0.6, with_payload=False)
+    for i, hits in enumerate(bare):
+        expected = np.sort(matrix @ matrix[i])[::-1]
+        assert hits[0].point_id == points[i].id and all(h.payload == {} for h in hits)
+        assert len(hits) == min(50, int((expected >= 0.6).sum()))
+        assert all(h.score >= 0.6 - 1e-6 for h in hits)

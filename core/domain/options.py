@@ -76,9 +76,10 @@ class Linkage(StrEnum):
 class Method(StrEnum):
     """How clustering finds candidate pairs."""
 
-    AUTO = "auto"
-    EXACT = "exact"
-    KNN = "knn"
+    AUTO = "auto"    # exact up to EXACT_MAX_ITEMS crops, then knn against a server, ann otherwise
+    EXACT = "exact"  # every pair above the threshold, blocked
+    ANN = "ann"      # a bucket index built for the run (core/duplicates/ann.py), pairs scored exactly
+    KNN = "knn"      # the store's nearest neighbours through batched queries (a server's HNSW), re-scored
 
 
 class ReportFormat(StrEnum):

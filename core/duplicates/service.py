@@ -25,7 +25,7 @@ import numpy as np
 
 from core.domain.options import Method, Tier
 from core.domain.types import CropPayload
-from core.duplicates import photo_hash, review
+from core.duplicates import ann, photo_hash, review
 from core.duplicates.groups import (
     ClusterSettings,
     Constraints,
@@ -40,7 +40,8 @@ from core.errors import EmptyIndex, ShoeSearchError
 from core.pipeline.journal import crash_point
 from core.store.base import Store
 
-# Above this many crops the exact pair search gives way to k-nearest-neighbour candidates.
+# Above this many crops the exact pair search gives way to candidates from an index (core.duplicates.ann,
+# or a server's own through batched queries).
 EXACT_MAX_ITEMS = 300_000
 
 
@@ -90,44 +91,83 @@ class ClusterResult:
         }
 
 
-def load_items(store: Store, factories: Sequence[str] | None = None) -> Items:
-    """Every crop (optionally of some factories) with its vector and payload, by scroll."""
-    ids, vectors, payloads = [], [], []
-    for point in store.scroll({"factory": list(factories)} if factories else None, with_vectors=True, batch_size=1024):
+# The payload keys clustering reads (groups, representatives, review keys, phash, saved group ids):
+# at a million crops, whole payloads would cost gigabytes.
+CLUSTER_KEYS = ("factory", "product_id", "photo_path", "photo_sha256", "crop_index", "crop_path", "box", "width",
+                "height", "detector_confidence", photo_hash.PAYLOAD_KEY, *(tier.payload_key for tier in Tier))
+PAGE = 1024  # points per scroll page
+QUERY_BATCH = 256  # vectors per batched nearest-neighbour request
+
+
+def load_items(store: Store, factories: Sequence[str] | None = None, keys: Sequence[str] | None = None,
+               with_vectors: bool = True) -> Items:
+    """Every crop (optionally of some factories) with its vector and payload, scrolled in pages
+    into one preallocated float32 matrix (no per-point copies). `keys`: keep only these payload
+    keys (None: all); `with_vectors=False`: a (n, 0) matrix, for callers that need payloads only."""
+    where = {"factory": list(factories)} if factories else None
+    ids: list[str] = []
+    payloads: list[dict[str, Any]] = []
+    matrix: np.ndarray | None = None
+    capacity = store.count(where) if with_vectors else 0  # the count may move under a live store: grow if so
+    for point in store.scroll(where, with_vectors=with_vectors, batch_size=PAGE):
+        if with_vectors:
+            if matrix is None:
+                matrix = np.empty((max(capacity, 1), len(point.vector)), dtype=np.float32)
+            elif len(ids) == len(matrix):
+                matrix = np.resize(matrix, (len(matrix) * 2, matrix.shape[1]))
+            matrix[len(ids)] = point.vector
         ids.append(point.id)
-        vectors.append(point.vector)
-        payloads.append(point.payload)
+        payloads.append(point.payload if keys is None else {k: point.payload[k] for k in keys if k in point.payload})
     if not ids:
         return Items([], np.zeros((0, 0), dtype=np.float32), [])
-    matrix = np.vstack(vectors).astype(np.float32)
-    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    if not with_vectors:
+        return Items(ids, np.zeros((len(ids), 0), dtype=np.float32), payloads)
+    matrix = matrix[:len(ids)]
+    for start in range(0, len(matrix), 65536):  # normalize in place, a block at a time
+        block = matrix[start:start + 65536]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
     return Items(ids, matrix, payloads)
 
 
-def knn_candidates(store: Store, items: Items, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate pairs from the store's nearest-neighbour index, re-scored exactly."""
+def knn_candidates(store: Store, items: Items, k: int, threshold: float,
+                   batch: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs from the store's nearest-neighbour index (a server's HNSW), asked in batches
+    of `batch` vectors per request, re-scored exactly."""
+    batch = batch or QUERY_BATCH
     index = {pid: i for i, pid in enumerate(items.ids)}
-    rows, cols = [], []
-    for i, vector in enumerate(items.vectors):
-        for hit in store.query(vector, limit=k + 1, score_threshold=threshold - 0.02, exact=False):
-            j = index.get(hit.point_id)
-            if j is not None and j != i:
-                rows.append(min(i, j))
-                cols.append(max(i, j))
-    if not rows:
+    keys = []
+    n = len(items)
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        found = store.query_batch(items.vectors[start:stop], limit=k + 1, score_threshold=threshold - 0.02,
+                                  exact=False, with_payload=False)
+        rows, cols = [], []
+        for i, hits in zip(range(start, stop), found):
+            for hit in hits:
+                j = index.get(hit.point_id)
+                if j is not None and j != i:
+                    rows.append(min(i, j))
+                    cols.append(max(i, j))
+        if rows:
+            keys.append(np.unique(np.asarray(rows, dtype=np.int64) * n + np.asarray(cols, dtype=np.int64)))
+    if not keys:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=np.float32)
-    pairs = np.unique(np.stack([rows, cols], axis=1), axis=0)
-    sims = np.einsum("ij,ij->i", items.vectors[pairs[:, 0]], items.vectors[pairs[:, 1]])
+    key = np.unique(np.concatenate(keys))
+    rows, cols = key // n, key % n
+    sims = np.einsum("ij,ij->i", items.vectors[rows], items.vectors[cols])
     keep = sims >= threshold
-    return pairs[keep, 0], pairs[keep, 1], sims[keep].astype(np.float32)
+    return rows[keep], cols[keep], sims[keep].astype(np.float32)
 
 
 class ClusterService:
     """Runs clustering on the store's vectors and remembers the last result."""
 
-    def __init__(self, store: Store, data_dir: Path) -> None:
+    def __init__(self, store: Store, data_dir: Path, server_index: bool = False) -> None:
+        """`server_index`: the store is a Qdrant server, whose index answers the nearest-neighbour
+        queries of large runs (method "knn"); otherwise large runs use the bucket index (method "ann")."""
         self.store = store
+        self.server_index = server_index
         self.data_dir = Path(data_dir)
         self.state_path = self.data_dir / "clusters" / f"{store.collection}.json"
         self.decisions = review.Decisions(self.data_dir, store.collection)
@@ -147,7 +187,7 @@ class ClusterService:
         if progress:
             progress(0.0, "reading vectors")
         constraints = self.constraints()  # a damaged decisions file stops here, before any work
-        items = load_items(self.store, factories)
+        items = load_items(self.store, factories, keys=CLUSTER_KEYS)
         if len(items) == 0:
             raise EmptyIndex(f"Nothing to cluster in {self.store.location}"
                              + (f" for factories {', '.join(factories)}" if factories else "") + ".")
@@ -155,11 +195,14 @@ class ClusterService:
             self._fill_hashes(items, progress)
         loaded = time.perf_counter()
         if method == Method.AUTO:
-            method = Method.EXACT if len(items) <= EXACT_MAX_ITEMS else Method.KNN
+            method = Method.EXACT if len(items) <= EXACT_MAX_ITEMS else Method.KNN if self.server_index else Method.ANN
         candidates = None
+        low = min(settings.duplicate_threshold, settings.similar_threshold)
         if method == Method.KNN:
-            low = min(settings.duplicate_threshold, settings.similar_threshold)
             candidates = knn_candidates(self.store, items, knn, low)
+        elif method == Method.ANN:
+            candidates = ann.bucket_pairs(items.vectors, low, block=settings.block, progress=(
+                lambda f: progress(0.05 + 0.4 * f, "pairing (bucket index)")) if progress else None)
         groups = cluster(items, settings, progress=(lambda f: progress(0.05 + 0.8 * f, "comparing")) if progress else None,
                          candidates=candidates, constraints=constraints)
         clustered = time.perf_counter()

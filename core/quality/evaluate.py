@@ -132,8 +132,9 @@ def compare_models(store: Store, models: Sequence[str], make_embedder: Callable[
                    sample: int = 500, queries: Sequence[tuple[str, str, str | None]] = (),
                    max_pixels: int = 80_000_000, removers: Sequence = (None,)) -> dict[str, Any]:
     """Embed the same sample of crops with each model (and each background treatment: None =
-    crops as they are) and evaluate each variant, in memory."""
-    items = load_items(store)
+    crops as they are) and evaluate each variant, in memory. The stored vectors are not read
+    (the sample is embedded again): only ids and payloads, scrolled in pages."""
+    items = load_items(store, with_vectors=False)
     if len(items) == 0:
         raise EmptyIndex(f"Nothing indexed in {store.location} to evaluate.")
     chosen = sample_items(items, sample)

@@ -104,6 +104,13 @@ class Store(Protocol):
         """Nearest crops, best first. `exact`: None = the store decides (exact unless huge),
         False = use the approximate index (nearest-neighbour candidates for clustering)."""
         ...
+    def query_batch(self, vectors: Sequence[Sequence[float]], where: Where | None = None, limit: int = 10,
+                    score_threshold: float | None = None, exact: bool | None = None,
+                    with_payload: bool = True) -> list[list[Hit]]:
+        """`query` for each of `vectors` (same `where`, `limit`, `score_threshold`, `exact`), as one
+        request to the backend (nearest-neighbour candidates for clustering); one hit list per
+        vector, in order. `with_payload=False`: hits carry an empty payload (cheaper)."""
+        ...
     def recommend(self, positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = (),
                   where: Where | None = None, limit: int = 10, score_threshold: float | None = None,
                   strategy: str = "average_vector") -> list[Hit]:

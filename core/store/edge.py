@@ -242,6 +242,27 @@ class EdgeStore:
             points = self._shard.query(request)
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
+    def query_batch(self, vectors, where=None, limit=10, score_threshold=None, exact=None,
+                    with_payload=True) -> list[list[Hit]]:
+        from qdrant_edge import Query, QueryBatchRequest, QueryRequest, SearchParams
+
+        if self._shard is None:
+            return [[] for _ in vectors]
+        if len(vectors) == 0:
+            return []
+        with self._lock:
+            if exact is None:  # as `query`
+                exact = bool(where) or self._shard.info().points_count <= EXACT_QUERY_MAX_POINTS
+            query_filter = self._filter(where)
+            params = SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(HNSW_EF, 4 * limit))
+            results = self._shard.query_batch(QueryBatchRequest([
+                QueryRequest(limit=limit, query=Query.Nearest(_vector_list(vector), using=VECTOR_NAME),
+                             filter=query_filter, with_payload=with_payload, score_threshold=score_threshold,
+                             params=params)
+                for vector in vectors]))
+        return [[Hit(str(p.id), float(p.score), dict(p.payload or {}) if with_payload else {}) for p in points]
+                for points in results]
+
     def recommend(self, positive, negative=(), where=None, limit=10, score_threshold=None,
                   strategy="average_vector") -> list[Hit]:
         from qdrant_edge import Query, QueryRequest, RecommendQuery, SearchParams

@@ -164,6 +164,11 @@ def _dispatch(store: Store, method: str, args: dict[str, Any]) -> Any:
         hits = store.query(_vector_in(args["vector"]), where=_where_in(args.get("where")), limit=int(args["limit"]),
                            score_threshold=args.get("score_threshold"), exact=args.get("exact"))
         return [{"id": h.point_id, "score": h.score, "payload": h.payload} for h in hits]
+    if method == "query_batch":
+        batches = store.query_batch([_vector_in(v) for v in args["vectors"]], where=_where_in(args.get("where")),
+                                    limit=int(args["limit"]), score_threshold=args.get("score_threshold"),
+                                    exact=args.get("exact"), with_payload=bool(args.get("with_payload", True)))
+        return [[{"id": h.point_id, "score": h.score, "payload": h.payload} for h in hits] for hits in batches]
     if method == "recommend":
         hits = store.recommend([_vector_in(v) for v in args["positive"]], [_vector_in(v) for v in args["negative"]],
                                where=_where_in(args.get("where")), limit=int(args["limit"]),
@@ -660,6 +665,17 @@ class RemoteStore:
         hits = self.link.call(self.collection, "query", vector=_vector_out(vector), where=_where_out(where),
                               limit=limit, score_threshold=score_threshold, exact=exact)
         return [Hit(str(h["id"]), float(h["score"]), dict(h["payload"] or {})) for h in hits]
+
+    def query_batch(self, vectors, where: Where | None = None, limit: int = 10,
+                    score_threshold: float | None = None, exact: bool | None = None,
+                    with_payload: bool = True) -> list[list[Hit]]:
+        """One call to the holder for the whole batch."""
+        if len(vectors) == 0:
+            return []
+        batches = self.link.call(self.collection, "query_batch", vectors=[_vector_out(v) for v in vectors],
+                                 where=_where_out(where), limit=limit, score_threshold=score_threshold, exact=exact,
+                                 with_payload=with_payload)
+        return [[Hit(str(h["id"]), float(h["score"]), dict(h["payload"] or {})) for h in hits] for hits in batches]
 
     def recommend(self, positive, negative=(), where: Where | None = None, limit: int = 10,
                   score_threshold: float | None = None, strategy: str = "average_vector") -> list[Hit]:

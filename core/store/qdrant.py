@@ -351,6 +351,23 @@ class QdrantClientStore:
         ).points, [])
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
+    def query_batch(self, vectors, where=None, limit=10, score_threshold=None, exact=None,
+                    with_payload=True) -> list[list[Hit]]:
+        from qdrant_client import models
+
+        if len(vectors) == 0:
+            return []
+        query_filter, params = self._filter(where), self.config.search_params(exact)
+        requests = [models.QueryRequest(query=_vector_list(vector), using=VECTOR_NAME, filter=query_filter,
+                                        limit=limit, with_payload=with_payload, score_threshold=score_threshold,
+                                        params=params) for vector in vectors]
+        responses = self._read(lambda: self.client.query_batch_points(
+            self.collection, requests=requests, **self.config.read_arguments()), None)
+        if responses is None:
+            return [[] for _ in vectors]
+        return [[Hit(str(p.id), float(p.score), dict(p.payload or {}) if with_payload else {}) for p in r.points]
+                for r in responses]
+
     def recommend(self, positive, negative=(), where=None, limit=10, score_threshold=None,
                   strategy="average_vector") -> list[Hit]:
         from qdrant_client import models
