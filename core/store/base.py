@@ -164,7 +164,7 @@ def average_vector(positive: Sequence[Sequence[float]], negative: Sequence[Seque
     return mean + mean - np.mean(np.asarray(negative, dtype=np.float32), axis=0)
 
 
-def _check_recommend(positive, negative, strategy: str) -> None:
+def check_recommend(positive, negative, strategy: str) -> None:
     if strategy not in RECOMMEND_STRATEGIES:
         raise ValueError(f"unknown recommend strategy {strategy!r}: one of {', '.join(RECOMMEND_STRATEGIES)}")
     if len(positive) == 0 and len(negative) == 0:
@@ -173,11 +173,11 @@ def _check_recommend(positive, negative, strategy: str) -> None:
         raise ValueError("average_vector needs at least one positive example")
 
 
-def _vector_list(vector: Any) -> list[float]:
+def vector_list(vector: Any) -> list[float]:
     return np.asarray(vector, dtype=np.float32).tolist()
 
 
-def _stored_point(record, with_vectors: bool) -> StoredPoint:
+def stored_point(record, with_vectors: bool) -> StoredPoint:
     """A backend's record (Edge or qdrant-client: same attributes) as a StoredPoint."""
     vector = None
     if with_vectors and record.vector is not None:
@@ -185,7 +185,7 @@ def _stored_point(record, with_vectors: bool) -> StoredPoint:
     return StoredPoint(str(record.id), dict(record.payload or {}), vector)
 
 
-def _conditions(where: Where, match_value, match_any, match_substring, field) -> list:
+def filter_conditions(where: Where, match_value, match_any, match_substring, field) -> list:
     """`where` as a backend's `must` conditions, built with that backend's constructors."""
     must = []
     for key, values in where.items():

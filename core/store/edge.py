@@ -33,12 +33,12 @@ from core.store.base import (
     CollectionInfo,
     StoredPoint,
     Where,
-    _check_recommend,
-    _conditions,
-    _stored_point,
-    _vector_list,
     average_vector,
     check_model,
+    check_recommend,
+    filter_conditions,
+    stored_point,
+    vector_list,
 )
 from core.store.diskspace import DEFAULT_MIN_FREE_MB, free_mb, is_read_only_error, require_free_space
 from core.store.lock import ProcessLock, ReadLock, copy_sparse
@@ -185,7 +185,7 @@ class EdgeStore:
 
         if not where:
             return None
-        return Filter(must=_conditions(where, MatchValue, MatchAny, MatchSubstring,
+        return Filter(must=filter_conditions(where, MatchValue, MatchAny, MatchSubstring,
                                        lambda key, match: FieldCondition(key, match=match)))
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
@@ -196,7 +196,7 @@ class EdgeStore:
         with self._lock:
             self.check_writable(f"storing {len(points)} points")
             self._require().update(UpdateOperation.upsert_points(
-                [Point(p.id, {VECTOR_NAME: _vector_list(p.vector)}, p.payload) for p in points]
+                [Point(p.id, {VECTOR_NAME: vector_list(p.vector)}, p.payload) for p in points]
             ))
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
@@ -204,7 +204,7 @@ class EdgeStore:
             return []
         with self._lock:
             records = self._shard.retrieve(list(ids), True, with_vectors)
-        return [_stored_point(r, with_vectors) for r in records]
+        return [stored_point(r, with_vectors) for r in records]
 
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
         from qdrant_edge import UpdateOperation
@@ -233,7 +233,7 @@ class EdgeStore:
                 exact = bool(where) or self._shard.info().points_count <= EXACT_QUERY_MAX_POINTS
             request = QueryRequest(
                 limit=limit,
-                query=Query.Nearest(_vector_list(vector), using=VECTOR_NAME),
+                query=Query.Nearest(vector_list(vector), using=VECTOR_NAME),
                 filter=self._filter(where),
                 with_payload=True,
                 score_threshold=score_threshold,
@@ -256,7 +256,7 @@ class EdgeStore:
             query_filter = self._filter(where)
             params = SearchParams(exact=True) if exact else SearchParams(hnsw_ef=max(HNSW_EF, 4 * limit))
             results = self._shard.query_batch(QueryBatchRequest([
-                QueryRequest(limit=limit, query=Query.Nearest(_vector_list(vector), using=VECTOR_NAME),
+                QueryRequest(limit=limit, query=Query.Nearest(vector_list(vector), using=VECTOR_NAME),
                              filter=query_filter, with_payload=with_payload, score_threshold=score_threshold,
                              params=params)
                 for vector in vectors]))
@@ -267,14 +267,14 @@ class EdgeStore:
                   strategy="average_vector") -> list[Hit]:
         from qdrant_edge import Query, QueryRequest, RecommendQuery, SearchParams
 
-        _check_recommend(positive, negative, strategy)
+        check_recommend(positive, negative, strategy)
         if strategy == "average_vector":  # Edge has no average strategy: the same formula, then nearest
             return self.query(average_vector(positive, negative), where=where, limit=limit,
                               score_threshold=score_threshold)
         if self._shard is None:
             return []
         make = Query.RecommendBestScore if strategy == "best_score" else Query.RecommendSumScores
-        examples = RecommendQuery([_vector_list(v) for v in positive], [_vector_list(v) for v in negative])
+        examples = RecommendQuery([vector_list(v) for v in positive], [vector_list(v) for v in negative])
         with self._lock:
             exact = bool(where) or self._shard.info().points_count <= EXACT_QUERY_MAX_POINTS  # as `query`
             points = self._shard.query(QueryRequest(
@@ -296,7 +296,7 @@ class EdgeStore:
                     with_payload=True, with_vector=with_vectors,
                 ))
             for record in records:
-                yield _stored_point(record, with_vectors)
+                yield stored_point(record, with_vectors)
             if offset is None:
                 return
 

@@ -679,9 +679,9 @@ class RemoteStore:
 
     def recommend(self, positive, negative=(), where: Where | None = None, limit: int = 10,
                   score_threshold: float | None = None, strategy: str = "average_vector") -> list[Hit]:
-        from core.store.base import _check_recommend
+        from core.store.base import check_recommend
 
-        _check_recommend(positive, negative, strategy)  # refused here, as the local stores do
+        check_recommend(positive, negative, strategy)  # refused here, as the local stores do
         hits = self.link.call(self.collection, "recommend", positive=[_vector_out(v) for v in positive],
                               negative=[_vector_out(v) for v in negative], where=_where_out(where), limit=limit,
                               score_threshold=score_threshold, strategy=strategy)

@@ -27,13 +27,12 @@ from core.store.base import (
     CollectionInfo,
     StoredPoint,
     Where,
-    _check_recommend,
-    _conditions,
-    _stored_point,
-    _vector_list,
     check_model,
+    check_recommend,
+    filter_conditions,
+    stored_point,
+    vector_list,
 )
-
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # timeout, busy, overloaded, restarting
 
@@ -277,7 +276,7 @@ class QdrantClientStore:
 
         if not where:
             return None
-        return models.Filter(must=_conditions(
+        return models.Filter(must=filter_conditions(
             where, lambda v: models.MatchValue(value=v), lambda vs: models.MatchAny(any=vs),
             lambda text: models.MatchSubstring(substring=text),
             lambda key, match: models.FieldCondition(key=key, match=match)))
@@ -304,7 +303,7 @@ class QdrantClientStore:
 
         if not points:
             return
-        structs = [models.PointStruct(id=p.id, vector={VECTOR_NAME: _vector_list(p.vector)}, payload=p.payload)
+        structs = [models.PointStruct(id=p.id, vector={VECTOR_NAME: vector_list(p.vector)}, payload=p.payload)
                    for p in points]
         self._write(lambda: self.client.upsert(self.collection, points=structs, wait=True), f"upsert of {len(points)} points")
 
@@ -328,7 +327,7 @@ class QdrantClientStore:
             return []
         records = self._read(lambda: self.client.retrieve(self.collection, list(ids), with_payload=True,
                                                           with_vectors=with_vectors), [])
-        return [_stored_point(r, with_vectors) for r in records]
+        return [stored_point(r, with_vectors) for r in records]
 
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if ids:
@@ -344,7 +343,7 @@ class QdrantClientStore:
 
     def query(self, vector, where=None, limit=10, score_threshold=None, exact=None) -> list[Hit]:
         points = self._read(lambda: self.client.query_points(
-            self.collection, query=_vector_list(vector), using=VECTOR_NAME,
+            self.collection, query=vector_list(vector), using=VECTOR_NAME,
             query_filter=self._filter(where), limit=limit, with_payload=True,
             score_threshold=score_threshold,
             search_params=self.config.search_params(exact), **self.config.read_arguments(),
@@ -358,7 +357,7 @@ class QdrantClientStore:
         if len(vectors) == 0:
             return []
         query_filter, params = self._filter(where), self.config.search_params(exact)
-        requests = [models.QueryRequest(query=_vector_list(vector), using=VECTOR_NAME, filter=query_filter,
+        requests = [models.QueryRequest(query=vector_list(vector), using=VECTOR_NAME, filter=query_filter,
                                         limit=limit, with_payload=with_payload, score_threshold=score_threshold,
                                         params=params) for vector in vectors]
         responses = self._read(lambda: self.client.query_batch_points(
@@ -372,9 +371,9 @@ class QdrantClientStore:
                   strategy="average_vector") -> list[Hit]:
         from qdrant_client import models
 
-        _check_recommend(positive, negative, strategy)
+        check_recommend(positive, negative, strategy)
         query = models.RecommendQuery(recommend=models.RecommendInput(
-            positive=[_vector_list(v) for v in positive], negative=[_vector_list(v) for v in negative],
+            positive=[vector_list(v) for v in positive], negative=[vector_list(v) for v in negative],
             strategy=models.RecommendStrategy(strategy)))
         points = self._read(lambda: self.client.query_points(
             self.collection, query=query, using=VECTOR_NAME, query_filter=self._filter(where), limit=limit,
@@ -391,7 +390,7 @@ class QdrantClientStore:
                 offset=offset, with_payload=True, with_vectors=with_vectors, **self.config.read_arguments(),
             ), ([], None))
             for record in records:
-                yield _stored_point(record, with_vectors)
+                yield stored_point(record, with_vectors)
             if offset is None:
                 return
 
