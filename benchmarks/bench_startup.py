@@ -30,10 +30,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ui_start(env: dict, port: int) -> tuple[float, float]:
+def ui_start(env: dict) -> tuple[float, float]:
     """Seconds from starting `search-ui` to its page served, and to the first text query answered."""
     import httpx
     from gradio_client import Client
+
+    port = _free_port()
+    env = {**env, "UI_PORT": str(port)}
 
     log = tempfile.TemporaryFile("w+")  # not a pipe: a full pipe would stall the UI
     started = time.perf_counter()
@@ -76,9 +79,8 @@ def main() -> None:
     rows = [["ingest --help (median of 5)", f"{statistics.median(help_runs):.2f}"]]
 
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
         env = {**os.environ, "DATA_DIR": tmp, "CLIP_MODEL": paths["clip"], "DETECTOR_MODEL": paths["yolo"],
-               "UI_PORT": str(port), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE": "1",
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE": "1",
                "GRADIO_ANALYTICS_ENABLED": "False", "YOLO_CONFIG_DIR": str(CACHE / "yolo-config")}
         # Index a factory first: this also caches the int8 image tower and the detector's ONNX
         # export under DATA_DIR/models, as a first `ingest add` does for a user.
@@ -86,7 +88,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "ingest", "add", str(first)], env=env, capture_output=True, check=True)
         for precision in ("auto", "fp32"):
             env["EMBED_PRECISION"] = precision
-            runs = [ui_start(env, port) for _ in range(args.runs)]
+            runs = [ui_start(env) for _ in range(args.runs)]
             rows.append([f"search-ui, EMBED_PRECISION={precision}: page served",
                          " / ".join(f"{served:.1f}" for served, _ in runs)])
             rows.append([f"search-ui, EMBED_PRECISION={precision}: first text query answered (target <= 5)",
