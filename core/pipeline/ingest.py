@@ -147,23 +147,21 @@ class IngestService:
         # from two threads, a batch goes to them as two halves, started one after the other: one
         # half's CPU work (letterboxing, CLIP's preprocessing, NMS, crops) runs while the other's
         # model runs, so the cores stay with the models (see README, Benchmarks).
-        concurrent = self._models_concurrent()
         try:
             with ThreadPoolExecutor(max_workers=self.workers) as pool, \
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-ahead") as ahead, \
-                    ThreadPoolExecutor(max_workers=2 if concurrent else 1, thread_name_prefix="ingest-models") \
-                    as models, \
+                    ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-models") as models, \
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
-                flow = _Flow(self, report, pool, models, writer, progress, in_flight=2 if concurrent else 1)
+                flow = _Flow(self, report, pool, models, writer, progress)
                 try:
                     pending = None
                     for batch in iter_batches(sources, self.batch_size):
                         prepared = ahead.submit(self._prepare, batch, report, seen_keys, pool)
                         if pending is not None:
-                            flow.feed(pending[0].result(), pending[1], halves=concurrent)
+                            flow.feed(pending[0].result(), pending[1])
                         pending = (prepared, batch)
                     if pending is not None:
-                        flow.feed(pending[0].result(), pending[1], halves=concurrent)
+                        flow.feed(pending[0].result(), pending[1])
                     flow.finish()
                 except BaseException:
                     flow.abandon()  # let the work in flight end; the first error is the one raised
@@ -179,10 +177,13 @@ class IngestService:
     def _models_concurrent(self) -> bool:
         """May detection and embedding run on two threads at once? Yes for ONNX Runtime sessions
         (thread-safe) and no detection; not for ultralytics' torch predictor (it keeps per-call
-        state) or a detector we do not know."""
+        state) or a detector we do not know. Loads the detector (its runtime decides); called
+        when the first photos reach the models, so a rerun that adds nothing loads nothing."""
         from core.vision.detector import NoDetector
 
         detector = self.detector
+        if hasattr(detector, "load"):
+            detector.load()
         return isinstance(detector, NoDetector) or str(getattr(detector, "active_runtime", "")).startswith("onnx")
 
     def _prepare(self, batch: Sequence[PhotoSource], report: IngestReport,
@@ -475,24 +476,26 @@ class _Flow:
     last part of a batch is stored (or failed), so its count means "stored"."""
 
     def __init__(self, service: IngestService, report: IngestReport, pool: ThreadPoolExecutor,
-                 models: ThreadPoolExecutor, writer: ThreadPoolExecutor, progress: ProgressFn | None,
-                 in_flight: int) -> None:
+                 models: ThreadPoolExecutor, writer: ThreadPoolExecutor, progress: ProgressFn | None) -> None:
         self.service, self.report, self.pool = service, report, pool
         self.models, self.writer, self.progress = models, writer, progress
-        self.in_flight = in_flight
+        self.in_flight = 0  # model calls at once: 2 (halves) or 1, decided when photos first arrive
         self.done = 0
         self._models: deque = deque()  # (future or None, batch tag or None), oldest first
         self._write = None  # (future or None, batch tag or None)
 
-    def feed(self, photos: list, batch: Sequence[PhotoSource], halves: bool) -> None:
+    def feed(self, photos: list, batch: Sequence[PhotoSource]) -> None:
         tag = (len(batch), str(batch[-1].path))
+        if photos and not self.in_flight:
+            self.in_flight = 2 if self.service._models_concurrent() else 1
+        halves = self.in_flight == 2
         size = -(-len(photos) // 2) if halves and len(photos) > 1 else max(len(photos), 1)
         chunks = [photos[start:start + size] for start in range(0, len(photos), size)] or [[]]
         for k, chunk in enumerate(chunks):
+            while chunk and len(self._models) >= self.in_flight:
+                self._retire()
             future = self.models.submit(self.service._process_isolated, chunk, self.report) if chunk else None
             self._models.append((future, tag if k == len(chunks) - 1 else None))
-            while len(self._models) > self.in_flight:
-                self._retire()
 
     def finish(self) -> None:
         while self._models:
