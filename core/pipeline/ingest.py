@@ -143,10 +143,10 @@ class IngestService:
         # Stages, each on its own thread(s), bounded to about one batch each: batch N+1 is hashed,
         # looked up and decoded (`ahead`) while the models work on batch N (`models`) and the
         # batch before is written (`writer`: phashes, thumbnails, journal, head and store upserts
-        # in the journaled order, one write at a time, in order). When the models may be called
-        # from two threads, a batch goes to them as two halves, started one after the other: one
-        # half's CPU work (letterboxing, CLIP's preprocessing, NMS, crops) runs while the other's
-        # model runs, so the cores stay with the models (see README, Benchmarks).
+        # in the journaled order, one write at a time, in order). When the models run through ONNX
+        # Runtime (`_models_concurrent`), a batch goes to them as two halves started one after the
+        # other: one half's CPU work (letterboxing, CLIP's preprocessing, NMS, crops) runs while the
+        # other's model runs, so the cores stay with the models (see README, Benchmarks).
         try:
             with ThreadPoolExecutor(max_workers=self.workers) as pool, \
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-ahead") as ahead, \
@@ -175,16 +175,21 @@ class IngestService:
         return report
 
     def _models_concurrent(self) -> bool:
-        """May detection and embedding run on two threads at once? Yes for ONNX Runtime sessions
-        (thread-safe) and no detection; not for ultralytics' torch predictor (it keeps per-call
-        state) or a detector we do not know. Loads the detector (its runtime decides); called
-        when the first photos reach the models, so a rerun that adds nothing loads nothing."""
+        """May detection and embedding run on two threads at once? Only when both run through
+        ONNX Runtime (thread-safe sessions whose idle threads sleep; see onnx_yolo.no_spinning)
+        or detection is off: not ultralytics' torch predictor (it keeps per-call state), not
+        torch's CLIP (two calls would put four spinning OpenMP threads on the cores), not a
+        model we do not know. Loads the models (their runtimes decide); called when the first
+        photos reach them, so a rerun that adds nothing loads nothing."""
         from core.vision.detector import NoDetector
 
+        for model in (self.detector, self.embedder):
+            if hasattr(model, "load"):
+                model.load()
         detector = self.detector
-        if hasattr(detector, "load"):
-            detector.load()
-        return isinstance(detector, NoDetector) or str(getattr(detector, "active_runtime", "")).startswith("onnx")
+        detector_onnx = isinstance(detector, NoDetector) or \
+            str(getattr(detector, "active_runtime", "")).startswith("onnx")
+        return detector_onnx and getattr(self.embedder, "active_precision", "") == "int8"
 
     def _prepare(self, batch: Sequence[PhotoSource], report: IngestReport,
                  seen_keys: set[tuple[str, str]], pool: ThreadPoolExecutor) -> list:
