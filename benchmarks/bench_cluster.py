@@ -22,7 +22,8 @@ BRUTE_FORCE_MAX = 20_000  # the N x N float32 matrix: 1.6 GB at 20k, 40 GB at 10
 def case(kind: str, n: int) -> dict:
     import numpy as np
 
-    from core.duplicates.groups import ClusterSettings, Items, brute_force_pairs, cluster, exact_pairs
+    from core.duplicates.groups import ClusterSettings, Items, cluster, exact_pairs
+    from tests.helpers import brute_force_pairs
 
     vectors, _ = clustered_vectors(n)
     ids = [f"{i:08d}" for i in range(n)]

@@ -92,8 +92,8 @@ def clip_alone(embedder, images: list) -> float:
     processor = getattr(module.processor, "image_processor", module.processor)
     pixels = processor(images=images, return_tensors="np")["pixel_values"].astype(np.float32)
     batch = embedder.batch_size
-    if embedder._image_session is not None:  # int8 through ONNX Runtime
-        session = embedder._image_session
+    session = getattr(embedder._images, "session", None)  # the ONNX Runtime image tower (int8), if chosen
+    if session is not None:
         session.run(None, {"pixel_values": pixels[:2]})
         started = time.perf_counter()
         for start in range(0, len(pixels), batch):

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     embed_precision: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="Image embedding precision on CPU: int8 (ONNX Runtime), fp32, or auto (int8 when it agrees).")
+    text_precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="CLIP text tower on CPU: fp32 (torch), int8 (ONNX Runtime), or auto = ONNX Runtime, int8 "
+                            "when it agrees with fp32 (cosine >= 0.999 on probe texts), else the fp32 export.")
     batch_size: int = Field(32, ge=1, le=4096)
 
     background_removal: Literal["none", "rembg"] = Field(

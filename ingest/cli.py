@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from core.domain.options import REVIEW_ORDER, Level, Linkage, Method, Scope, Tier
 from core.errors import ShoeSearchError
 
 if TYPE_CHECKING:
@@ -76,31 +77,13 @@ def _user_errors(as_json: bool = False):
         raise _fail("interrupted; rerun the same command to continue where it stopped", 130, as_json) from None
 
 
-@contextlib.contextmanager
-def _open_store(settings: Settings, write: bool = False):
-    """The store, closed after. `write`: the command writes (with a running search UI holding the
-    embedded store, the command then holds the UI's write lease; reads need none)."""
-    from core.app import open_store
+def _open_app(settings: Settings, write: bool = False):
+    """The App (core/app.py): its parts are built on first use and closed after. `write`: the
+    command writes (with a running search UI holding the embedded store, the command then holds
+    the UI's write lease; reads need none)."""
+    from core.app import open_app
 
-    store = open_store(settings, on_wait=_say_waiting, write=write)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@contextlib.contextmanager
-def _open_stores(settings: Settings, write: bool = False):
-    """The store and, with PROJECTION_HEAD set, the head's index beside it (both closed after)."""
-    from core.app import open_head_index
-
-    with _open_store(settings, write) as store:
-        head = open_head_index(settings, store, write)
-        try:
-            yield store, head
-        finally:
-            if head is not None:
-                head.store.close()
+    return open_app(settings, write=write, on_wait=_say_waiting)
 
 
 def _print_json(data: Any) -> None:
@@ -158,7 +141,6 @@ def add(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from core.app import ingest_service
     from core.catalogue.folders import check_has_photos, discover, factory_name, factory_subfolders
     from core.domain.types import IngestReport
     from core.errors import NotAFactoryFolder
@@ -178,7 +160,8 @@ def add(
             sources = list(discover(given, factory=factory, manifest=manifest))
             check_has_photos(given, sources)
             plans.append((given, factory or factory_name(given), sources))
-        with _open_stores(settings, write=True) as (store, head):
+        with _open_app(settings, write=True) as opened:
+            store, _ = opened.store, opened.head_index  # a missing PROJECTION_HEAD stops before any work
             if not (manifest or one_factory):
                 known = set(store.facet("factory"))
                 for given, label, sources in plans:
@@ -189,7 +172,7 @@ def add(
                             f"{given} holds factory folders ({shown}), not products: index each as its own factory "
                             f"with `ingest add {given}/*`, or one with `ingest add {given}/{nested[0]}` "
                             f"(--one-factory to index it as one factory anyway)")
-            service = ingest_service(settings, store, head)
+            service = opened.ingest
             console = Console(stderr=True)
             reports = []
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -270,8 +253,8 @@ def stats(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
     from core.search.service import index_stats
 
     settings = _settings(wait)
-    with _user_errors(as_json), _open_store(settings) as store:
-        data = index_stats(store)
+    with _user_errors(as_json), _open_app(settings) as opened:
+        data = index_stats(opened.store)
     if as_json:
         _print_json(data)
         return
@@ -308,6 +291,9 @@ def search(
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000)] = 10,
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Minimum cosine similarity.")] = None,
     whole: Annotated[bool, typer.Option("--whole", help="Query with the whole photo, skip detection.")] = False,
+    collapse_linked: Annotated[bool, typer.Option(
+        "--collapse-linked", help="One result per group of products linked across factories in the review: its "
+                                  "best crop, with the other factories' products listed (\"also sold as\").")] = False,
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -324,48 +310,58 @@ def search(
         raise typer.BadParameter("give --text, a photo (--image, --image-url, --crop-id) or --like/--dislike")
     if strategy is not None and not refine:
         raise typer.BadParameter("only with --like/--dislike", param_hint="--strategy")
-    from core.app import search_service
     from core.search.service import build_where
 
     settings = _settings(wait)
     where = build_where(factory)
-    with _user_errors(as_json), _open_stores(settings) as (store, head):
-        _check_factories(store, factory)
-        service = search_service(settings, store, head)
+    with _user_errors(as_json), _open_app(settings) as opened:
+        _check_factories(opened.store, factory)
+        service = opened.search
         hits, query = _run_search(settings, service, text or [], avoid or [], text_weight, image, image_url, crop_id,
-                                  like or [], dislike or [], strategy, where, top_k, min_score, whole)
+                                  like or [], dislike or [], strategy, where, top_k, min_score, whole,
+                                  collapse_linked)
+        if collapse_linked and not service.product_links():
+            typer.echo("note: no products are linked across factories yet, so there is nothing to collapse "
+                       "(link them in the Duplicates tab or with `ingest review import`)", err=True)
     if as_json:
-        _print_json({"query": query, "filter": where,
-                     "hits": [{"point_id": h.point_id, "score": round(h.score, 6), "payload": h.payload} for h in hits]})
+        _print_json({"query": query, "filter": where, **({"collapse_linked": True} if collapse_linked else {}),
+                     "hits": [{"point_id": h.point_id, "score": round(h.score, 6), "payload": h.payload,
+                               **({"also_sold_as": [p.to_dict() for p in h.linked]} if collapse_linked else {})}
+                              for h in hits]})
         return
     if not hits:
         typer.echo("no hits")
     for rank, hit in enumerate(hits, start=1):
         typer.echo(f"{rank:>3}. {hit.score:.4f}  {hit.factory:<16} {hit.product_id:<20} {hit.payload.get('photo_path')}"
                    + (f"  box={hit.payload['box']}" if hit.payload.get("box") else ""))
+        if hit.linked:
+            typer.echo("       also sold as " + ", ".join(
+                p.name + ("" if p.score is None else f" ({p.score:.4f})") for p in hit.linked))
 
 
 def _run_search(settings, service, text, avoid, weight, image, image_url, crop_id, like, dislike, strategy, where,
-                top_k, min_score, whole):
+                top_k, min_score, whole, collapse=False):
     """The hits and a description of the query (the --json `query`) for `ingest search`'s options."""
     from core.search.query_mix import Term, terms
 
     if like or dislike:
-        hits = service.refine(like, dislike, where=where, top_k=top_k, min_score=min_score, strategy=strategy)
+        hits = service.refine(like, dislike, where=where, top_k=top_k, min_score=min_score, strategy=strategy,
+                              collapse_linked=collapse)
         used = strategy or ("average_vector" if like else "best_score")
         return hits, {"like": like, "dislike": dislike, "strategy": used}
     if image is None and image_url is None and crop_id is None:  # words only
         if len(text) == 1 and not avoid:
-            hits = service.search_text(text[0], where=where, top_k=top_k, min_score=min_score)
+            hits = service.search_text(text[0], where=where, top_k=top_k, min_score=min_score, collapse_linked=collapse)
             if hits.truncated:
                 typer.echo(f"note: {hits.notice}", err=True)
             return hits, {"text": text[0], "truncated": hits.truncated}
         words = [Term(text[0], 1.0), *terms(text[1:], avoid, weight)]
-        hits = service.search_words(words, where=where, top_k=top_k, min_score=min_score)
+        hits = service.search_words(words, where=where, top_k=top_k, min_score=min_score, collapse_linked=collapse)
         return hits, {"text": text[0], "words": _words_json(words[1:])}
     words = terms(text, avoid, weight)
     if crop_id is not None:
-        hits = service.more_like_this(crop_id, where=where, top_k=top_k, min_score=min_score, words=words)
+        hits = service.more_like_this(crop_id, where=where, top_k=top_k, min_score=min_score, words=words,
+                                      collapse_linked=collapse)
         return hits, {"crop_id": crop_id, **({"words": _words_json(words)} if words else {})}
     if image_url is not None:
         from core.search.image_urls import UrlLimits, fetch_photo
@@ -373,12 +369,13 @@ def _run_search(settings, service, text, avoid, weight, image, image_url, crop_i
         photo = fetch_photo(image_url, UrlLimits.from_settings(settings), settings.max_image_pixels)
         source = {"image_url": image_url}
     else:
-        from core.vision.images import load_photo
+        from core.vision.crops import load_query_photo
 
-        photo = load_photo(image, settings.max_image_pixels)
+        photo = load_query_photo(image, settings.max_image_pixels, settings.decode_max_side)
         source = {"image": str(image)}
     crop = service.query_crops(photo)[-1 if whole else 0]
-    hits = service.search_image(crop.image, where=where, top_k=top_k, min_score=min_score, words=words)
+    hits = service.search_image(crop.image, where=where, top_k=top_k, min_score=min_score, words=words,
+                                collapse_linked=collapse)
     return hits, {**source, "region": crop.label, **({"words": _words_json(words)} if words else {})}
 
 
@@ -398,11 +395,9 @@ def remove(
     """Delete crops by factory and/or photo path (asks first unless --yes)."""
     if factory is None and path is None:
         raise typer.BadParameter("give --factory and/or --path")
-    from core.app import ingest_service
-
     settings = _settings(wait)
-    with _user_errors(as_json), _open_stores(settings, write=True) as (store, head):
-        service = ingest_service(settings, store, head)
+    with _user_errors(as_json), _open_app(settings, write=True) as opened:
+        store, service = opened.store, opened.ingest
         # A removal killed midway is finished first; its factory may then be gone, which is
         # what the rerun asked for, not a mistake.
         recovered = 0 if dry_run else service.recover()
@@ -432,6 +427,9 @@ def eval_command(
     pairs: Annotated[Optional[Path], typer.Option(
         "--pairs", help="CSV a,b[,same] of photo paths showing the same shoe: relevance instead of product ids.",
         exists=True, dir_okay=False)] = None,
+    links: Annotated[bool, typer.Option(
+        "--links", help="Relevance from the review's product links: a crop's relevant set includes the crops of "
+                        "the products linked to its product in other factories; adds the cross-factory metrics.")] = False,
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", help="Compare models (repeatable) on the same sample, in memory; the index is not changed.")] = None,
     sample: Annotated[int, typer.Option(min=2, help="With --model: crops to sample (whole products).")] = 500,
@@ -443,7 +441,7 @@ def eval_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Retrieval quality on your own catalogue: photos of one product should find each other."""
-    from core.app import build_embedder, open_store
+    from core.app import build_embedder
     from core.duplicates.service import load_items
     from core.quality.evaluate import compare_models, evaluate_vectors, read_pairs, read_queries
     from core.quality.metrics import markdown
@@ -456,8 +454,12 @@ def eval_command(
         linked = read_pairs(pairs) if pairs else []
         if linked and model:
             raise typer.BadParameter("--pairs applies to the index; compare models by product ids", param_hint="--pairs")
-        store = open_store(settings, on_wait=_say_waiting)
-        try:
+        if links and (model or pairs):
+            raise typer.BadParameter("--links applies to the index, with product ids as the rest of the relevance "
+                                     "(leave out --model and --pairs)", param_hint="--links")
+        product_links = _product_links(settings) if links else {}
+        with _open_app(settings) as opened:
+            store = opened.store
             _check_factories(store, factory)
             if background and not model:
                 raise typer.BadParameter("--background compares variants: give --model too", param_hint="--background")
@@ -479,12 +481,19 @@ def eval_command(
                 items = load_items(store, factory)
                 if len(items) == 0:
                     raise ShoeSearchError(f"Nothing indexed in {store.location} to evaluate.")
-                evaluations = evaluate_vectors(items, build_embedder(settings) if text else None, text, linked)
+                evaluations = evaluate_vectors(items, opened.embedder if text else None, text, linked)
+                if product_links:
+                    from core.quality.evaluate import evaluate_links
+
+                    evaluations.update(evaluate_links(items, product_links))
                 output = {"index": store.location, "crops": len(items),
+                          **({"links": _links_summary(product_links)} if product_links else {}),
                           **{kind: e.to_dict() for kind, e in evaluations.items()}}
-                sections = [markdown(e, f"{kind} queries ({len(items)} crops)") for kind, e in evaluations.items()]
-        finally:
-            store.close()
+                titles = {"photo": "photo queries, linked products relevant" if product_links else "photo queries",
+                          "cross_factory": "cross-factory queries: the linked products in other factories, the "
+                                           "query's own product left out"}
+                sections = [markdown(e, f"{titles.get(kind, kind + ' queries')} ({len(items)} crops)")
+                            for kind, e in evaluations.items()]
     text_report = "\n".join(sections)
     if report:
         report.write_text("# Retrieval evaluation\n\n" + text_report)
@@ -494,32 +503,57 @@ def eval_command(
         typer.echo(text_report)
 
 
+def _product_links(settings: Settings) -> dict[str, list[str]]:
+    """The review's product links ('factory/product' -> its link group); DecisionsError when none."""
+    from core.duplicates.review import Decisions, require_product_links
+
+    return require_product_links(Decisions(settings.data_dir, settings.qdrant_collection).load())
+
+
+def _links_summary(links: dict[str, list[str]]) -> dict[str, int]:
+    return {"groups": len({tuple(g) for g in links.values()}), "products": len(links)}
+
+
 @app.command(name="tune")
 def tune_command(
     dim: Annotated[int, typer.Option(min=8, max=4096, help="Size of the tuned vectors.")] = 128,
     loss: Annotated[str, typer.Option(help="mnr (multiple negatives) | triplet (batch-hard)")] = "mnr",
     epochs: Annotated[int, typer.Option(min=1, max=1000)] = 60,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Learn from these factories only.")] = None,
+    links: Annotated[bool, typer.Option(
+        "--links", help="Products linked across factories in the review are one label: their crops become "
+                        "positive pairs for each other.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Head file (.npz).")] = None,
     wait: WaitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Train a projection head on the indexed crop vectors (labels: product ids); reports
+    """Train a projection head on the indexed crop vectors (labels: product ids; with --links,
+    products linked across factories in the review count as one); reports
     validation mAP of raw CLIP versus the head on held-out products."""
     if loss not in ("mnr", "triplet"):
         raise typer.BadParameter("mnr or triplet", param_hint="--loss")
     from core.duplicates.service import load_items
+    from core.quality.evaluate import item_labels
     from core.quality.tune import train_head
 
     settings = _settings(wait)
-    with _user_errors(as_json), _open_store(settings) as store:
+    with _user_errors(as_json):
+        product_links = _product_links(settings) if links else {}
+    with _user_errors(as_json), _open_app(settings) as opened:
+        store = opened.store
         _check_factories(store, factory)
         info = store.info()
         items = load_items(store, factory)
         if info is None or len(items) == 0:
             raise ShoeSearchError(f"Nothing indexed in {store.location} to learn from.")
-        labels = [f"{p.get('factory', '')}/{p.get('product_id', '')}" for p in items.payloads]
-        photos = [f"{p.get('factory', '')}/{p.get('photo_sha256')}" for p in items.payloads]
+        labels, photos, _ = item_labels(items)
+        if product_links:
+            from core.quality.evaluate import labels_from_links
+
+            if not any(label in product_links for label in labels):
+                raise ShoeSearchError(f"none of the {len(product_links)} linked products is among the crops to "
+                                      f"learn from (a --factory filter leaving out their factories?)")
+            labels = labels_from_links(items, product_links)
         with _progress_bar(as_json) as (bar, task):
             head = train_head(items.vectors, labels, photos, items.ids, info.model, dim_out=dim, loss=loss,
                               epochs=epochs, progress=lambda epoch, val: bar.update(
@@ -527,10 +561,15 @@ def tune_command(
         path = head.save(output or settings.data_dir / "heads" / f"{info.model}-{head.info.head_id}.npz")
     result = {"head": str(path), **head.info.metrics, "epochs_run": head.info.epochs_run,
               "best_epoch": head.info.best_epoch, "train_products": head.info.train_products,
-              "val_products": head.info.val_products}
+              "val_products": head.info.val_products,
+              **({"links": _links_summary(product_links)} if product_links else {})}
     if as_json:
         _print_json(result)
         return
+    if product_links:
+        summary = _links_summary(product_links)
+        typer.echo(f"labels: product ids, {_n(summary['products'], 'linked product')} in "
+                   f"{_n(summary['groups'], 'group')} counted as one product each")
     typer.echo(f"validation mAP on {head.info.val_products} held-out products: raw CLIP "
                f"{head.info.metrics['val_mAP_raw']:.3f} -> head {head.info.metrics['val_mAP_head']:.3f} "
                f"(best epoch {head.info.best_epoch} of {head.info.epochs_run})")
@@ -541,7 +580,8 @@ def tune_command(
 def reproject_command(wait: WaitOption = None, as_json: JsonFlag = False) -> None:
     """Fill PROJECTION_HEAD's collection from the indexed vectors (no model needed)."""
     settings = _settings(wait)
-    with _user_errors(as_json), _open_stores(settings, write=True) as (store, head):
+    with _user_errors(as_json), _open_app(settings, write=True) as opened:
+        store, head = opened.store, opened.head_index
         if head is None:
             raise ShoeSearchError("Set PROJECTION_HEAD to a head file from `ingest tune` first.")
         count = head.sync_from(store)
@@ -564,9 +604,9 @@ def export_command(
     from core.store.transfer import export_points
 
     settings = _settings(wait)
-    with _user_errors(as_json), _open_store(settings) as store:
-        _check_factories(store, factory)
-        count = export_points(store, path, build_where(factory))
+    with _user_errors(as_json), _open_app(settings) as opened:
+        _check_factories(opened.store, factory)
+        count = export_points(opened.store, path, build_where(factory))
     if as_json:
         _print_json({"exported": count, "path": str(path)})
     else:
@@ -583,9 +623,9 @@ def import_command(
     from core.store.transfer import import_points
 
     settings = _settings(wait)
-    with _user_errors(as_json), _open_store(settings, write=True) as store:
-        count = import_points(store, path)
-        total = store.count()
+    with _user_errors(as_json), _open_app(settings, write=True) as opened:
+        count = import_points(opened.store, path)
+        total = opened.store.count()
     if as_json:
         _print_json({"imported": count, "points": total, "store": settings.qdrant_url or str(settings.embedded_store_dir)})
     else:
@@ -599,12 +639,13 @@ def cluster_command(
     hash_distance: Annotated[int, typer.Option(
         min=-1, max=15, help="phash tier: crops whose 64-bit perceptual hashes differ in at most this many bits "
                              "(re-encoded, resized copies); -1: no phash tier.")] = 6,
-    scope: Annotated[str, typer.Option(help="all | cross-factory | within-factory")] = "all",
+    scope: Annotated[Scope, typer.Option(help="all | cross-factory | within-factory")] = Scope.ALL,
     factory: Annotated[Optional[list[str]], typer.Option("--factory", help="Only these factories (repeatable).")] = None,
-    level: Annotated[str, typer.Option(help="crop | product (a product pair scores its best crop pair)")] = "crop",
-    linkage: Annotated[str, typer.Option(help="single (connected components) | complete (no chaining)")] = "single",
+    level: Annotated[Level, typer.Option(help="crop | product (a product pair scores its best crop pair)")] = Level.CROP,
+    linkage: Annotated[Linkage, typer.Option(
+        help="single (connected components) | complete (no chaining)")] = Linkage.SINGLE,
     representative: Annotated[str, typer.Option(help="medoid | largest | confidence | factory:NAME")] = "medoid",
-    method: Annotated[str, typer.Option(help="auto | exact | knn (nearest neighbours from the index)")] = "auto",
+    method: Annotated[Method, typer.Option(help="auto | exact | knn (nearest neighbours from the index)")] = Method.AUTO,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("cluster_report"),
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv,folders,collage")] = "json,csv",
     labels: Annotated[Optional[Path], typer.Argument(
@@ -623,29 +664,26 @@ def cluster_command(
     if labels is not None and not calibrate_:
         raise typer.BadParameter("a labels file goes with --calibrate (ingest cluster --calibrate LABELS.csv)",
                                  param_hint="LABELS.csv")
-    choices = {"scope": (scope, ("all", "cross-factory", "within-factory")), "level": (level, ("crop", "product")),
-               "linkage": (linkage, ("single", "complete")), "method": (method, ("auto", "exact", "knn"))}
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise typer.BadParameter(f"--{name} must be one of {', '.join(allowed)}", param_hint=f"--{name}")
-    if not (representative in ("medoid", "largest", "confidence") or representative.startswith("factory:")):
-        raise typer.BadParameter("medoid, largest, confidence or factory:NAME", param_hint="--representative")
-    from core.app import open_store
-    from core.duplicates.groups import ClusterSettings
-    from core.duplicates.service import FORMATS, ClusterService, write_reports
+    from core.domain.options import check_representative, parse_formats
 
-    chosen_formats = [f.strip() for f in formats.split(",") if f.strip()]
-    if not chosen_formats or set(chosen_formats) - set(FORMATS):
-        raise typer.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--format")
+    try:
+        check_representative(representative)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--representative") from None
+    try:
+        chosen_formats = parse_formats(formats)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--format") from None
+    from core.duplicates.groups import ClusterSettings
+    from core.duplicates.reports import write_reports
 
     settings = _settings(wait)
     with _user_errors(as_json):
-        store = open_store(settings, on_wait=_say_waiting, write=True)
-        try:
-            _check_factories(store, factory)
+        with _open_app(settings, write=True) as opened:
+            _check_factories(opened.store, factory)
             if representative.startswith("factory:"):
-                _check_factories(store, representative.removeprefix("factory:"))
-            service = ClusterService(store, settings.data_dir)
+                _check_factories(opened.store, representative.removeprefix("factory:"))
+            service = opened.clusters
             if calibrate_:
                 result = service.calibrate(labels, target_precision)
                 _report_calibration(result, output, as_json)
@@ -656,8 +694,6 @@ def cluster_command(
                 outcome = service.run(options, factories=factory, method=method,
                                       progress=lambda f, what: bar.update(task, completed=f * 100, description=what))
             write_reports(outcome, output, settings.data_dir, chosen_formats)
-        finally:
-            store.close()
     summary = outcome.summary()
     if as_json:
         _print_json({**summary, "output": str(output)})
@@ -683,25 +719,10 @@ def _progress_bar(quiet: bool):
 
 def _report_calibration(result: dict[str, Any], output: Path, as_json: bool) -> None:
     """calibration.json and pr_curve.png under `output`, and a table."""
-    import matplotlib
+    from core.quality.plots import write_calibration
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "calibration.json").write_text(json.dumps(result, indent=2))
+    write_calibration(result, output)
     curve = result["curve"]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.plot([r["recall"] for r in curve], [r["precision"] for r in curve], marker=".")
-    for r in curve[::10]:
-        ax.annotate(f"{r['threshold']:.2f}", (r["recall"], r["precision"]), fontsize=7)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(f"{result['pairs']} labelled pairs ({result['positives']} same)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(output / "pr_curve.png", dpi=120)
-    plt.close(fig)
     if as_json:
         _print_json({**result, "output": str(output)})
         return
@@ -738,15 +759,13 @@ def migrate_command(
     from core.store.migrate import migrate
 
     settings = _settings(wait)
-    with _user_errors(as_json), _open_store(settings) as source:
-        target = open_target_store(settings, to, api_key, collection)
-        try:
-            with _progress_bar(as_json) as (bar, task):
-                bar.update(task, description="migrating")
-                report = migrate(source, target, settings.data_dir, to, batch_size=batch_size, sample=sample,
-                                 progress=lambda done, total: bar.update(task, completed=100 * done / max(total, 1)))
-        finally:
-            target.close()
+    with _user_errors(as_json), _open_app(settings) as opened:
+        source = opened.store
+        with contextlib.closing(open_target_store(settings, to, api_key, collection)) as target, \
+                _progress_bar(as_json) as (bar, task):
+            bar.update(task, description="migrating")
+            report = migrate(source, target, settings.data_dir, to, batch_size=batch_size, sample=sample,
+                             progress=lambda done, total: bar.update(task, completed=100 * done / max(total, 1)))
     if as_json:
         _print_json(report.to_dict())
         return
@@ -797,8 +816,10 @@ def review_status(as_json: JsonFlag = False) -> None:
                 saved = {}
             reviewed = set(saved.get("reviewed", []))
             for group_id in saved.get("groups", {}):
-                tier = {"idt": "identical", "phs": "phash", "dup": "duplicate", "sim": "similar"}.get(
-                    group_id[:3], "similar")
+                try:
+                    tier = Tier.of_group(group_id)
+                except ValueError as exc:
+                    raise ShoeSearchError(f"{sidecar} is damaged: {exc}") from None
                 counts = last.setdefault(tier, {"groups": 0, "reviewed": 0})
                 counts["groups"] += 1
                 counts["reviewed"] += group_id in reviewed
@@ -819,7 +840,7 @@ def review_status(as_json: JsonFlag = False) -> None:
         typer.echo(f"  last decision {counts['last_decided_at']}")
     if last:
         typer.echo(f"last clustering ({data['last_clustering']['saved_at']}):")
-        for tier in ("duplicate", "similar", "phash", "identical"):
+        for tier in REVIEW_ORDER:
             if tier in last:
                 c = data["last_clustering"]["tiers"][tier]
                 typer.echo(f"  {tier:<10} {c['groups']:>6} groups, {c['reviewed']:>6} reviewed, {c['to_review']:>6} to review")
@@ -838,16 +859,17 @@ def review_export(
 ) -> None:
     """Write the decisions (photo paths as they are indexed now, plus content hashes) or the product mapping."""
     from core.duplicates.review import ContentIndex, export_rows, product_mapping, write_export, write_product_mapping
-    from core.duplicates.service import ClusterService, load_items
+    from core.duplicates.service import load_items
 
     settings = _settings(wait)
     decisions = _decisions(settings)
     with _user_errors(as_json):
         state = decisions.load()
-        with _open_store(settings) as store:
+        with _open_app(settings) as opened:
+            store = opened.store
             if products:
                 items = load_items(store)
-                mapping = product_mapping(state, ClusterService(store, settings.data_dir).best_similarity(items))
+                mapping = product_mapping(state, opened.clusters.best_similarity(items))
             else:
                 rows = export_rows(state, ContentIndex(p.payload for p in store.scroll(batch_size=1024)))
         if products:
@@ -884,8 +906,8 @@ def review_import(
     decisions = _decisions(settings)
     with _user_errors(as_json):
         decisions.load()  # a damaged decisions file stops before the store is opened
-        with _open_store(settings) as store:
-            index = ContentIndex(p.payload for p in store.scroll(batch_size=1024))
+        with _open_app(settings) as opened:
+            index = ContentIndex(p.payload for p in opened.store.scroll(batch_size=1024))
         imported = read_import(path, index)
         changed = decisions.merge(imported.state)
     result = {"path": str(path), "rows": imported.rows, "decisions": len(imported.state.pairs), "changed": changed,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import gradio as gr
 
+    from core.app import App
     from core.settings import Settings
     from search_ui.handlers import Handlers
 
@@ -34,8 +35,11 @@ TITLE = "Shoe catalogue search"
 # No `from __future__ import annotations` here: Gradio reads the `gr.SelectData` annotations
 # of event functions at runtime to inject the event, and cannot resolve them from strings.
 
-# Captions wrap instead of being cut off; the result detail reads as a card.
+# Captions wrap instead of being cut off; the result detail reads as a card; the results gallery
+# grows with its rows (Gradio caps an auto-height gallery at 55% of the window, hiding results
+# behind a scroll box of its own).
 CSS = """
+#results .fixed-height { max-height: none !important; }
 #results .caption-label, #groups .caption-label, #group-members .caption-label {
     white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
     max-width: 100% !important; line-height: 1.25; font-size: 0.8rem; }
@@ -93,6 +97,8 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
     """The whole page: Search (text / photo / more-like-this), Duplicates and Catalogue tabs."""
     import gradio as gr
 
+    from core.domain.options import Level, Linkage, Scope, choices
+
     max_upload = handlers.settings.ui_max_upload_mb * 1024 * 1024
 
     def outputs_of(results):
@@ -149,6 +155,10 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                         one_per_product = gr.Checkbox(label="One result per product (its best crop; the caption "
                                                             "counts its other crops)", value=True,
                                                       elem_id="one-per-product")
+                        collapse_linked = gr.Checkbox(
+                            label="One result per linked product (the same shoe linked across factories in the "
+                                  "Duplicates tab: its best crop, captioned “also sold as …”)",
+                            value=False, elem_id="collapse-linked")
                         group = gr.Textbox(label="Duplicate group id (from the Duplicates tab)", value="",
                                            placeholder="dup-… or sim-…", elem_id="group-filter")
                 status = gr.Markdown(elem_id="status")
@@ -187,9 +197,9 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                     sim_threshold = gr.Slider(0.5, 1.0, value=0.85, step=0.005, label="Similar: cosine ≥",
                                               elem_id="sim-threshold")
                 with gr.Row():
-                    scope = gr.Radio(["all", "cross-factory", "within-factory"], value="all", label="Pairs")
-                    level = gr.Radio(["crop", "product"], value="crop", label="Level")
-                    linkage = gr.Radio(["single", "complete"], value="single",
+                    scope = gr.Radio(choices(Scope), value=Scope.ALL.value, label="Pairs")
+                    level = gr.Radio(choices(Level), value=Level.CROP.value, label="Level")
+                    linkage = gr.Radio(choices(Linkage), value=Linkage.SINGLE.value,
                                        label="Linkage (complete: no chaining)")
                 dup_factories = gr.Dropdown(label="Only these factories (empty: all)",
                                             choices=[], multiselect=True,
@@ -287,10 +297,13 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             gr.Checkbox(False, visible=False, label="one_per_product"), gr.Textbox("", visible=False, label="group")]
         api_words = [gr.Textbox("", visible=False, label="text"), gr.Number(1.0, visible=False, label="text_weight"),
                      gr.Textbox("", visible=False, label="not_text")]
+        # Last in every endpoint's inputs, so that positional callers of the older ones are unchanged.
+        api_collapse = gr.Checkbox(False, visible=False, label="collapse_linked")
         api_shown = [gr.Gallery(visible=False), gr.State([]), gr.Markdown(visible=False), gr.JSON(visible=False)]
 
         def search_text(query: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
-                        min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = ""):
+                        min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "",
+                        collapse_linked: bool = False):
             """Search by words ("white leather high-top sneaker").
 
             Args:
@@ -302,18 +315,19 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 top_k: how many results (1-200)
                 one_per_product: keep only the best crop of each product (captioned "+n more crops")
                 group: only crops of this duplicate group id ("" = none)
+                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.search_text(query, factories, product, exact, min_score, top_k,
-                                                   one_per_product, group))
+                                                   one_per_product, group, collapse_linked))
 
         # Public endpoints are registered before the private events that reuse their functions:
         # Gradio names an event after its function, and a later public one would become /search_text_1.
-        gr.Button(visible=False).click(search_text, [gr.Textbox(visible=False, label="query"), *api_filters],
-                                       api_shown, api_name="search_text")
-        text_button.click(search_text, [text, *filters], shown, api_visibility="private")
-        text.submit(search_text, [text, *filters], shown, api_visibility="private")
+        gr.Button(visible=False).click(search_text, [gr.Textbox(visible=False, label="query"), *api_filters,
+                                                     api_collapse], api_shown, api_name="search_text")
+        text_button.click(search_text, [text, *filters, collapse_linked], shown, api_visibility="private")
+        text.submit(search_text, [text, *filters, collapse_linked], shown, api_visibility="private")
 
         def on_photo(photo):
             items, note = handlers.detect(upload_path(photo, max_upload))
@@ -322,7 +336,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         def search_image(photo=None, region: int = 0, factories: list[str] | None = None, product: str = "",
                          exact: bool = False, min_score: float = 0.0, top_k: int = 24,
                          one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
-                         not_text: str = "", image_url: str = ""):
+                         not_text: str = "", image_url: str = "", collapse_linked: bool = False):
             """Search by a photo: a detected shoe in it, or the whole photo; optionally plus and minus words.
 
             Args:
@@ -339,31 +353,33 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 text_weight: weight of each word against the photo, which weighs 1 (0-5)
                 not_text: words to avoid, comma-separated ("suede")
                 image_url: an http(s) URL the server fetches the photo from, when `photo` is None
+                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.search_image(upload_path(photo, max_upload), region, factories, product,
                                                     exact, min_score, top_k, one_per_product, group, text,
-                                                    text_weight, not_text, image_url))
+                                                    text_weight, not_text, image_url, collapse_linked))
 
         gr.Button(visible=False).click(
             search_image, [gr.Image(visible=False, type="filepath", label="photo"),
                            gr.Number(0, precision=0, visible=False, label="region"), *api_filters, *api_words,
-                           gr.Textbox("", visible=False, label="image_url")],
+                           gr.Textbox("", visible=False, label="image_url"), api_collapse],
             api_shown, api_name="search_image", preprocess=False)
 
         words = [words_add, words_weight, words_avoid]
 
         def search_photo(photo, region, crop_id, factories, product, exact, min_score, top_k, one_per_product, group,
-                         text, text_weight, not_text):
+                         text, text_weight, not_text, collapse=False):
             """The page's photo search: the indexed crop picked with "Search with it + words", else the photo."""
             if crop_id:
                 return outputs_of(handlers.more_like_this(crop_id, factories, product, exact, min_score, top_k,
-                                                          one_per_product, group, text, text_weight, not_text))
+                                                          one_per_product, group, text, text_weight, not_text,
+                                                          collapse))
             return search_image(photo, region, factories, product, exact, min_score, top_k, one_per_product, group,
-                                text, text_weight, not_text)
+                                text, text_weight, not_text, "", collapse)
 
-        photo_inputs = [photo, region, crop_query, *filters, *words]
+        photo_inputs = [photo, region, crop_query, *filters, *words, collapse_linked]
         photo_button.click(search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
         words_add.submit(search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
         words_avoid.submit(search_photo, photo_inputs, shown, api_visibility="private", preprocess=False)
@@ -380,12 +396,15 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             fetched, items, note = handlers.fetch_url(url)
             if fetched is None:
                 return None, [], note, 0, "", [], [], note, []
-            found = handlers.search_image(fetched, 0, *filters_and_words)
+            *filters_and_words, collapse = filters_and_words
+            found = handlers.search_image(fetched, 0, *filters_and_words, "", collapse)
             return fetched, items, note, 0, "", *outputs_of(found)
 
         url_outputs = [photo, regions, detect_note, region, crop_query, *shown]
-        url_button.click(fetch_url, [image_url, *filters, *words], url_outputs, api_visibility="private")
-        image_url.submit(fetch_url, [image_url, *filters, *words], url_outputs, api_visibility="private")
+        url_button.click(fetch_url, [image_url, *filters, *words, collapse_linked], url_outputs,
+                         api_visibility="private")
+        image_url.submit(fetch_url, [image_url, *filters, *words, collapse_linked], url_outputs,
+                         api_visibility="private")
 
         def pick_region(evt: gr.SelectData):
             return evt.index
@@ -401,7 +420,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
 
         def more_like_this(point_id: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
                            min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "",
-                           text: str = "", text_weight: float = 1.0, not_text: str = ""):
+                           text: str = "", text_weight: float = 1.0, not_text: str = "", collapse_linked: bool = False):
             """Crops most like an indexed crop (by its point id), the crop itself left out; optionally
             plus and minus words.
 
@@ -417,16 +436,23 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 text: words to add, comma-separated ("red"): like this crop, but ...
                 text_weight: weight of each word against the crop, which weighs 1 (0-5)
                 not_text: words to avoid, comma-separated ("suede")
+                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.more_like_this(point_id, factories, product, exact, min_score, top_k,
-                                                      one_per_product, group, text, text_weight, not_text))
+                                                      one_per_product, group, text, text_weight, not_text,
+                                                      collapse_linked))
 
         # By point id, for scripts; the button below runs the same with the selected result.
         gr.Button(visible=False).click(more_like_this, [gr.Textbox(visible=False, label="point_id"), *api_filters,
-                                                        *api_words], api_shown, api_name="more_like_this")
-        more_button.click(more_like_this, [selected_id, *filters], shown, api_visibility="private")
+                                                        *api_words, api_collapse], api_shown, api_name="more_like_this")
+
+        def more_like_selected(point_id, *filters_and_collapse):
+            *chosen, collapse = filters_and_collapse
+            return more_like_this(point_id, *chosen, collapse_linked=collapse)
+
+        more_button.click(more_like_selected, [selected_id, *filters, collapse_linked], shown, api_visibility="private")
 
         def use_crop(point_id, hits, *filters_and_words):
             """The selected result becomes the photo query (its stored vector), searched with the words."""
@@ -436,13 +462,13 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             found = handlers.more_like_this(point_id, *filters_and_words)
             return gr.Tabs(selected="by-photo"), thumbnail, [], note, 0, point_id, *outputs_of(found)
 
-        use_crop_button.click(use_crop, [selected_id, hits_state, *filters, *words],
+        use_crop_button.click(use_crop, [selected_id, hits_state, *filters, *words, collapse_linked],
                               [query_tabs, photo, regions, detect_note, region, crop_query, *shown],
                               api_visibility="private", js=SCROLL_TO_QUERY)
 
         def refine(liked: list[str] | None = None, disliked: list[str] | None = None,
                    factories: list[str] | None = None, product: str = "", exact: bool = False, min_score: float = 0.0,
-                   top_k: int = 24, one_per_product: bool = False, group: str = ""):
+                   top_k: int = 24, one_per_product: bool = False, group: str = "", collapse_linked: bool = False):
             """Crops like the liked ones and unlike the disliked ones (Qdrant's recommend query over
             their stored vectors: average_vector with a like, best_score with dislikes only).
 
@@ -456,16 +482,18 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                 top_k: how many results (1-200)
                 one_per_product: keep only the best crop of each product (captioned "+n more crops")
                 group: only crops of this duplicate group id ("" = none)
+                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
             Returns:
                 gallery (thumbnail, caption), status line, hits (point_id, score, payload)
             """
             return outputs_of(handlers.refine(liked, disliked, factories, product, exact, min_score, top_k,
-                                              one_per_product, group))
+                                              one_per_product, group, collapse_linked))
 
         api_examples = [gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True, visible=False,
                                     label=name) for name in ("liked", "disliked")]
-        gr.Button(visible=False).click(refine, [*api_examples, *api_filters], api_shown, api_name="refine")
-        refine_button.click(refine, [liked, disliked, *filters], shown, api_visibility="private",
+        gr.Button(visible=False).click(refine, [*api_examples, *api_filters, api_collapse], api_shown,
+                                       api_name="refine")
+        refine_button.click(refine, [liked, disliked, *filters, collapse_linked], shown, api_visibility="private",
                             js=SCROLL_TO_RESULTS)
 
         def mark(liked_ids, disliked_ids, labels, point_id, hits, like: bool):
@@ -558,69 +586,48 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
     return demo
 
 
-def create_handlers(settings: "Settings", preload: bool = True) -> "Handlers":
-    """Open the store and the models once; every request shares them.
+def create_handlers(app: "App", preload: bool = True) -> "Handlers":
+    """The UI's behaviour over `app`'s store and models (core/app.py), which every request shares.
 
-    Refuses (SchemaMismatch) a collection made by another CLIP model, as the CLI does, instead of
-    starting and failing every search.
+    Refuses a store another search UI already serves (StoreLocked), and (SchemaMismatch) a
+    collection made by another CLIP model, as the CLI does, instead of starting and failing
+    every search. `preload`: load the models now (app.preload), not at the first request.
     """
-    from core.app import ingest_service, open_head_index, open_store
     from core.errors import StoreLocked
-    from core.search.service import SearchService
     from core.store.base import check_model
-    from core.store.host import is_remote
     from search_ui.handlers import Handlers
 
-    store = open_store(settings)
-    if is_remote(store):  # another search-ui holds and serves this store
-        store.close()
-        raise StoreLocked(f"The {store.location} is already served by {store.link.what}: use that one, "
+    store = app.store
+    if store.holder is not None:  # another search-ui holds and serves this store
+        raise StoreLocked(f"The {store.location} is already served by {store.holder}: use that one, "
                           f"or stop it first.")
-    try:
-        head = open_head_index(settings, store)
-        ingest = ingest_service(settings, store, head)
-        search = SearchService(store, ingest.embedder, ingest.detector, crop_margin=settings.crop_margin,
-                               head_index=head, background_remover=ingest.background_remover)
-        info = store.info()
-        if info is not None:  # before any model loads: a mismatch is known from the names
-            check_model(info, store.collection, store.location, ingest.embedder.model_id, None,
-                        ingest.embedder.text_model_id)
-        if preload:  # both models at once: start-up is mostly loading them
-            from concurrent.futures import ThreadPoolExecutor
-
-            loaders = [ingest.embedder.load] + [part.load for part in (ingest.detector, ingest.background_remover)
-                                                if hasattr(part, "load")]
-            with ThreadPoolExecutor(max_workers=len(loaders)) as pool:
-                for future in [pool.submit(load) for load in loaders]:
-                    future.result()
-            if info is not None:
-                check_model(info, store.collection, store.location, ingest.embedder.model_id,
-                            ingest.embedder.dimension)
-    except BaseException:
-        store.close()
-        raise
-    return Handlers(settings, store, search, ingest)
+    embedder = app.embedder
+    info = store.info()
+    if info is not None:  # before any model loads: a mismatch is known from the names
+        check_model(info, store.collection, store.location, embedder.model_id, None, embedder.text_model_id)
+    if preload:
+        app.preload()
+        if info is not None:
+            check_model(info, store.collection, store.location, embedder.model_id, embedder.dimension)
+    return Handlers(app.settings, store, app.search, app.ingest)
 
 
-def preload_models(handlers: "Handlers"):
-    """Load the models on a background thread while the page is served: a search that comes first
-    waits for them (each model loads once, under its own lock). Returns the Future; its error
-    (a model that cannot load, or a collection of another dimension) is raised by `launch`."""
+def preload_models(app: "App", handlers: "Handlers"):
+    """Load the models (`app.preload`) on a background thread while the page is served: a search
+    that comes first waits for them (each model loads once, under its own lock). Returns the
+    Future; its error (a model that cannot load, or a collection of another dimension) is raised
+    by `launch`."""
     from concurrent.futures import ThreadPoolExecutor
 
     from core.store.base import check_model
 
-    ingest, store = handlers.ingest, handlers.store
+    store, embedder = app.store, app.embedder
 
     def load() -> None:
-        loaders = [ingest.embedder.load] + [part.load for part in (ingest.detector, ingest.background_remover)
-                                            if hasattr(part, "load")]
-        with ThreadPoolExecutor(max_workers=len(loaders), thread_name_prefix="preload") as pool:
-            for future in [pool.submit(loader) for loader in loaders]:
-                future.result()
+        app.preload()
         info = store.info()
         if info is not None:
-            check_model(info, store.collection, store.location, ingest.embedder.model_id, ingest.embedder.dimension)
+            check_model(info, store.collection, store.location, embedder.model_id, embedder.dimension)
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preload-models")
     handlers.models_loading = executor.submit(load)
@@ -724,11 +731,10 @@ def port_in_use(host: str, port: int) -> bool:
 def serve_store(settings: "Settings", handlers: "Handlers", demo: "gr.Blocks"):
     """Serve the embedded store this UI holds to `ingest` commands run meanwhile (core/store/host.py):
     loopback only, with a token readable by this user only. None with a Qdrant server (nothing to share)."""
-    from core.store.edge import EdgeStore
     from core.store.host import StoreHost
 
     stores = [handlers.store] + ([handlers.search.head_index.store] if handlers.search.head_index else [])
-    if not all(isinstance(store, EdgeStore) for store in stores):
+    if not all(store.servable for store in stores):
         return None
     # The UI's own write lock: uploads, duplicate searches and CLI writes take turns; searches go on.
     host = StoreHost(stores, handlers._ingest_lock, settings.ui_host)
@@ -779,6 +785,7 @@ def launch(settings: "Settings", handlers: "Handlers", block: bool = True, model
 
 def main() -> None:
     """Console entry point `search-ui`."""
+    from core.app import open_app
     from core.errors import ShoeSearchError
     from core.settings import load_settings
 
@@ -794,25 +801,22 @@ def main() -> None:
         print(f"error: UI_PORT {settings.ui_port} on {settings.ui_host} is already in use (another search-ui?): "
               f"stop that program or set UI_PORT to a free port.", file=sys.stderr)
         sys.exit(1)
-    try:
-        handlers = create_handlers(settings, preload=False)
-    except ShoeSearchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    try:
-        # The page is served while the models load (first answer sooner; see README, Benchmarks).
-        launch(settings, handlers, models_loading=preload_models(handlers))
-    except ShoeSearchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as exc:  # the port was taken while the models loaded
-        print(f"error: cannot serve on {settings.ui_host}:{settings.ui_port} (UI_PORT): {exc.strerror or exc}",
-              file=sys.stderr)
-        sys.exit(1)
-    finally:
-        handlers.store.close()
-        if handlers.search.head_index is not None:
-            handlers.search.head_index.store.close()
+    with open_app(settings) as app:  # closes the store (and the head's) when serving ends
+        try:
+            handlers = create_handlers(app, preload=False)
+        except ShoeSearchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        try:
+            # The page is served while the models load (first answer sooner; see README, Benchmarks).
+            launch(settings, handlers, models_loading=preload_models(app, handlers))
+        except ShoeSearchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as exc:  # the port was taken while the models loaded
+            print(f"error: cannot serve on {settings.ui_host}:{settings.ui_port} (UI_PORT): {exc.strerror or exc}",
+                  file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

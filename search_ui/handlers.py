@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from core.domain.options import REVIEW_ORDER, Level, Linkage, ReportFormat, Scope, Tier
 from core.domain.types import Hit
 from core.errors import BadImage, ShoeSearchError
 from core.pipeline.ingest import IngestService
@@ -22,6 +23,7 @@ from core.search.query_mix import terms
 from core.search.service import SearchService, index_stats
 from core.settings import Settings
 from core.store.base import Contains, Store
+from core.vision.crops import load_query_photo
 from core.vision.images import PHOTO_EXTENSIONS, load_photo
 
 GalleryItem = tuple[str, str]  # (thumbnail file, caption)
@@ -57,12 +59,12 @@ class Review:
 
 
 def group_payload_key(group_id: str) -> str:
-    """The payload key holding a group id, from the id's tier prefix (dup-, sim-, idt-)."""
-    from core.duplicates.service import PAYLOAD_KEY
-
-    prefix = group_id.split("-", 1)[0]
-    tier = {"idt": "identical", "phs": "phash", "dup": "duplicate", "sim": "similar"}.get(prefix, "similar")
-    return PAYLOAD_KEY[tier]
+    """The payload key holding a group id, from the id's tier prefix (dup-, sim-, idt-, phs-);
+    ShoeSearchError for an id of no tier."""
+    try:
+        return Tier.of_group(group_id).payload_key
+    except ValueError as exc:
+        raise ShoeSearchError(str(exc)) from None
 
 
 def _group_record(group, level: str = "crop") -> dict[str, Any]:
@@ -73,19 +75,19 @@ def _group_record(group, level: str = "crop") -> dict[str, Any]:
             "level": level, "members": [asdict(m) for m in group.members]}
 
 
-TIER_ORDER = {"duplicate": 0, "similar": 1, "phash": 2, "identical": 3}
+TIER_ORDER = {tier: rank for rank, tier in enumerate(REVIEW_ORDER)}
 
 
 def review_order(group: dict[str, Any]) -> tuple:
     """Groups as a reviewer takes them: to review first, cross-factory before within-factory, the
     duplicate tier, then similar, then perceptual-hash copies, larger first; byte-identical groups last."""
-    return (group["tier"] == "identical", bool(group.get("reviewed")), len(group["factories"]) < 2,
+    return (group["tier"] == Tier.IDENTICAL, bool(group.get("reviewed")), len(group["factories"]) < 2,
             TIER_ORDER.get(group["tier"], 3), -group["size"], group["id"])
 
 
 def review_count(groups: Sequence[dict[str, Any]]) -> str:
     """'**3 of 12 groups reviewed** · 9 to review (4 cross-factory)' (byte-identical groups apart)."""
-    judged = [g for g in groups if g["tier"] != "identical"]
+    judged = [g for g in groups if g["tier"] != Tier.IDENTICAL]
     if not groups:
         return ""
     done = sum(bool(g.get("reviewed")) for g in judged)
@@ -120,38 +122,6 @@ def _hint(member: dict[str, Any]) -> dict[str, Any]:
             "product_id": member.get("product_id")}
 
 
-def overlap_heatmap(overlap: dict[str, Any], title: str) -> Image.Image | None:
-    """A factory x factory heatmap of shared groups, as an image."""
-    names, matrix = overlap["factories"], overlap["matrix"]
-    if not names:
-        return None
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = min(10.0, max(4.6, 2.5 + 0.45 * len(names)))  # wide enough for the title beside the colour bar
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), labels=names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), labels=names, fontsize=8)
-    if len(names) <= 20:
-        for a in range(len(names)):
-            for b in range(len(names)):
-                ax.text(b, a, str(matrix[a][b]), ha="center", va="center", fontsize=7,
-                        color="white" if matrix[a][b] > max(map(max, matrix)) / 2 else "black")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
-
-
 @dataclass
 class Results:
     """What a search shows: gallery items, the hits behind them, a status line."""
@@ -162,7 +132,10 @@ class Results:
 
 
 def _record(hit: Hit) -> HitRecord:
-    return {"point_id": hit.point_id, "score": round(hit.score, 6), "payload": hit.payload}
+    record = {"point_id": hit.point_id, "score": round(hit.score, 6), "payload": hit.payload}
+    if hit.linked:  # linked products collapsed into this result
+        record["also_sold_as"] = [p.to_dict() for p in hit.linked]
+    return record
 
 
 def best_per_product(hits: Sequence[Hit], top_k: int) -> list[Hit]:
@@ -235,7 +208,7 @@ class Handlers:
     # ------------------------------------------------------------------ searches
 
     def _results(self, run: Callable[[int], list[Hit]], top_k: int, one_per_product: bool, what: str,
-                 where=None) -> Results:
+                 where=None, collapse_linked: bool = False) -> Results:
         """Run a search and shape what the page shows. With `one_per_product`, each product once at its
         best crop, captioned with how many other crops of it the index holds within `where`."""
         top_k = max(1, min(int(top_k), 200))
@@ -248,12 +221,17 @@ class Handlers:
             return Results([], [], f"⚠️ {exc}")
         gallery = [(self._thumbnail(h), self._caption(h, more.get((h.factory, h.product_id), 0))) for h in hits]
         if hits:
-            status = (f"{len(hits)} results for {what}" + (" (one per product)" if one_per_product else "")
+            shaped = [label for on, label in ((collapse_linked, "one per linked product"),
+                                              (one_per_product, "one per product")) if on]
+            status = (f"{len(hits)} results for {what}" + (f" ({', '.join(shaped)})" if shaped else "")
                       + "  \n" + _factory_line(hits))
         else:
             status = f"No results for {what}: loosen the filters or the minimum similarity."
         if getattr(found, "notice", ""):  # a text query longer than the model reads
             status += f"\n\n⚠️ {_md_escape(found.notice)}"
+        if collapse_linked and hits and not self.search.product_links():
+            status += ("\n\nNo products are linked across factories yet: nothing to collapse (link them in the "
+                       "Duplicates tab with *Same product across factories*).")
         return Results(gallery, [_record(h) for h in hits], status)
 
     def _other_crops(self, hits: Sequence[Hit], where) -> dict[tuple[str, str], int]:
@@ -271,15 +249,19 @@ class Handlers:
 
     def search_text(self, text: str, factories: Sequence[str] | None = None, product: str = "",
                     product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
-                    one_per_product: bool = False, group: str = "") -> Results:
-        where = self._where(factories, product, product_exact, group)
+                    one_per_product: bool = False, group: str = "", collapse_linked: bool = False) -> Results:
+        try:
+            where = self._where(factories, product, product_exact, group)
+        except ShoeSearchError as exc:  # a group id of no tier
+            return Results([], [], f"⚠️ {exc}")
         return self._results(
-            lambda k: self.search.search_text(text, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, f"“{_md_escape((text or '').strip())}”", where)
+            lambda k: self.search.search_text(text, where=where, top_k=k, min_score=_min_score(min_score),
+                                              collapse_linked=bool(collapse_linked)),
+            top_k, one_per_product, f"“{_md_escape((text or '').strip())}”", where, bool(collapse_linked))
 
     def _query_crops(self, image: Image.Image | str | Path):
         if isinstance(image, (str, Path)):
-            image = load_photo(Path(image), self.settings.max_image_pixels)
+            image = load_query_photo(Path(image), self.settings.max_image_pixels, self.settings.decode_max_side)
         return self.search.query_crops(image.convert("RGB"))
 
     def detect(self, image: Image.Image | str | None) -> tuple[list[tuple[Image.Image, str]], str]:
@@ -298,7 +280,7 @@ class Handlers:
     def search_image(self, image: Image.Image | str | None, region: int = 0, factories: Sequence[str] | None = None,
                      product: str = "", product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
                      one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
-                     not_text: str = "", image_url: str = "") -> Results:
+                     not_text: str = "", image_url: str = "", collapse_linked: bool = False) -> Results:
         """Search with region `region` of the photo (0 = best detection, -1 = whole photo), plus the
         words in `text` and minus those in `not_text` (comma-separated) at `text_weight`. Without a
         photo, the one at `image_url` is fetched."""
@@ -319,11 +301,15 @@ class Handlers:
         region = int(region) if region is not None else 0
         index = region % len(crops) if -len(crops) <= region < len(crops) else 0
         crop = crops[index]
-        where = self._where(factories, product, product_exact, group)
+        try:
+            where = self._where(factories, product, product_exact, group)
+        except ShoeSearchError as exc:  # a group id of no tier
+            return Results([], [], f"⚠️ {exc}")
         return self._results(
             lambda k: self.search.search_image(crop.image, where=where, top_k=k, min_score=_min_score(min_score),
-                                               words=words),
-            top_k, one_per_product, f"the photo ({_region_label(index, crops)}){_words_label(words)}", where)
+                                               words=words, collapse_linked=bool(collapse_linked)),
+            top_k, one_per_product, f"the photo ({_region_label(index, crops)}){_words_label(words)}", where,
+            bool(collapse_linked))
 
     def fetch_url_photo(self, url: str) -> Image.Image:
         """The photo at an http(s) URL, within the IMAGE_URL* limits (ShoeSearchError otherwise)."""
@@ -343,30 +329,38 @@ class Handlers:
     def more_like_this(self, point_id: str | None, factories: Sequence[str] | None = None, product: str = "",
                        product_exact: bool = False, min_score: float = 0.0, top_k: int = 24,
                        one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
-                       not_text: str = "") -> Results:
+                       not_text: str = "", collapse_linked: bool = False) -> Results:
         if not point_id:
             return Results([], [], "⚠️ Select a result first.")
         try:
             words = terms(text, not_text, text_weight)
         except ShoeSearchError as exc:
             return Results([], [], f"⚠️ {exc}")
-        where = self._where(factories, product, product_exact, group)
+        try:
+            where = self._where(factories, product, product_exact, group)
+        except ShoeSearchError as exc:  # a group id of no tier
+            return Results([], [], f"⚠️ {exc}")
         return self._results(
             lambda k: self.search.more_like_this(point_id, where=where, top_k=k, min_score=_min_score(min_score),
-                                                 words=words),
+                                                 words=words, collapse_linked=bool(collapse_linked)),
             top_k, one_per_product, f"more like the selected crop (the crop itself left out){_words_label(words)}",
-            where)
+            where, bool(collapse_linked))
 
     def refine(self, liked: Sequence[str] | None, disliked: Sequence[str] | None,
                factories: Sequence[str] | None = None, product: str = "", product_exact: bool = False,
-               min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "") -> Results:
+               min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "",
+               collapse_linked: bool = False) -> Results:
         """Crops like the liked ones and unlike the disliked ones (point ids), within the filters."""
         liked, disliked = list(liked or []), list(disliked or [])
-        where = self._where(factories, product, product_exact, group)
+        try:
+            where = self._where(factories, product, product_exact, group)
+        except ShoeSearchError as exc:  # a group id of no tier
+            return Results([], [], f"⚠️ {exc}")
         what = f"{len(liked)} liked and {len(disliked)} disliked crops (those left out)"
         return self._results(
-            lambda k: self.search.refine(liked, disliked, where=where, top_k=k, min_score=_min_score(min_score)),
-            top_k, one_per_product, what, where)
+            lambda k: self.search.refine(liked, disliked, where=where, top_k=k, min_score=_min_score(min_score),
+                                         collapse_linked=bool(collapse_linked)),
+            top_k, one_per_product, what, where, bool(collapse_linked))
 
     def crop_as_query(self, point_id: str | None, hits: Sequence[HitRecord] | None) -> tuple[str | None, str]:
         """The selected result as the photo query: its thumbnail (to show in the photo box) and a note."""
@@ -458,10 +452,13 @@ class Handlers:
 
     @staticmethod
     def _caption(hit: Hit, more: int = 0) -> str:
-        """'factory · product · 0.912', and ' · +3 more crops' when grouped by product."""
+        """'factory · product · 0.912', ' · +3 more crops' when grouped by product, and
+        ' · also sold as factory_b/B-77' when linked products were collapsed into it."""
         caption = f"{hit.factory} · {hit.product_id} · {hit.score:.3f}"
         if more:
             caption += f" · +{more} more crop{'s' if more > 1 else ''}"
+        if hit.linked:
+            caption += " · also sold as " + ", ".join(p.name for p in hit.linked)
         return caption
 
     # ------------------------------------------------------------------ duplicates
@@ -471,10 +468,11 @@ class Handlers:
                         linkage: str = "single", progress: Callable[[float, str], None] | None = None) -> Duplicates:
         """Cluster the index; returns the summary, the factory heatmap, groups and report files."""
         from core.duplicates.groups import ClusterSettings
-        from core.duplicates.service import write_reports
+        from core.duplicates.reports import overlap_heatmap, write_reports
 
-        if scope not in ("all", "cross-factory", "within-factory") or level not in ("crop", "product") \
-                or linkage not in ("single", "complete"):
+        try:
+            scope, level, linkage = Scope(scope), Level(level), Linkage(linkage)
+        except ValueError:
             return Duplicates(f"⚠️ Unknown option: scope {scope!r}, level {level!r}, linkage {linkage!r}.")
         options = ClusterSettings(float(duplicate_threshold), float(similar_threshold), scope, level, linkage)
         if busy := self._busy():
@@ -485,7 +483,7 @@ class Handlers:
         except ShoeSearchError as exc:
             return Duplicates(f"⚠️ {exc}")
         out_dir = self.data_dir / "reports" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
-        files = write_reports(result, out_dir, self.data_dir, ["json", "csv"])
+        files = write_reports(result, out_dir, self.data_dir, [ReportFormat.JSON, ReportFormat.CSV])
         summary = result.summary()
         lines = [f"**{summary['items']} crops** clustered in {sum(result.timings.values()):.1f}s "
                  f"(scope {scope}, {level} level, {linkage} linkage)", "",
@@ -494,7 +492,7 @@ class Handlers:
             changes = ", ".join(f"{n} {st}" for st, n in sorted(info["status"].items())) or "-"
             lines.append(f"| {tier} | {info['groups']} | {info['items_in_groups']} | {info['largest']} | {changes} |")
         groups = sorted((_group_record(g, level) for g in result.groups), key=review_order)
-        tier = "similar" if summary["tiers"]["similar"]["groups"] else "duplicate"
+        tier = Tier.SIMILAR if summary["tiers"][Tier.SIMILAR]["groups"] else Tier.DUPLICATE
         heatmap = overlap_heatmap(summary["tiers"][tier]["factory_overlap"],
                                   f"{tier.capitalize()} groups per factory pair")
         return Duplicates("\n".join(lines), heatmap, self.group_gallery(groups), groups,
@@ -529,7 +527,7 @@ class Handlers:
 
         same = self.clusters.decisions.load().same_index()
         for group in groups:
-            if group["tier"] != "identical":
+            if group["tier"] != Tier.IDENTICAL:
                 group["reviewed"] = bool(group.get("reviewed")) or connected(
                     [_member_keys(m, group.get("level", "crop")) for m in group["members"]], same)
         return sorted(groups, key=review_order)
@@ -546,7 +544,7 @@ class Handlers:
         ids = [g["id"] for g in groups]
         start = ids.index(group_id) + 1 if group_id in ids else 0
         for group in groups[start:] + groups[:start]:
-            if group["tier"] != "identical" and not group.get("reviewed") and group["id"] != group_id:
+            if group["tier"] != Tier.IDENTICAL and not group.get("reviewed") and group["id"] != group_id:
                 return self._review(groups, group["id"], f"Group {_md_escape(group['id'])}: {group['size']} crops, "
                                                          f"{_md_escape(', '.join(group['factories']))}.")
         return self._review(groups, group_id or "", "Every group is reviewed.")
@@ -740,6 +738,9 @@ def detail_card(hit: HitRecord, file_bytes: int | None = None) -> str:
     lines += [f"| {_md_escape(k)} | {_md_escape(str(v))} |" for k, v in sorted(extras.items())]
     if groups:
         lines.append(f"| Duplicate groups | {_md_escape(', '.join(groups))} |")
+    for linked in hit.get("also_sold_as") or []:  # the same shoe, linked in the review, at other factories
+        score = "" if linked.get("score") is None else f" (similarity {float(linked['score']):.3f})"
+        lines.append(f"| Also sold as | {_md_escape(linked['factory'] + '/' + linked['product_id'] + score)} |")
     lines.append(f"| Crop id | {_md_escape(hit['point_id'])} |")
     return "\n".join(lines)
 
@@ -758,7 +759,7 @@ def _group_caption(group: dict[str, Any]) -> str:
     """'dup-… · 5 crops · factory_a, factory_b' (or '· 4 factories' when the names would not fit)."""
     factories = group["factories"]
     names = ", ".join(factories) if len(factories) <= 2 else f"{len(factories)} factories"
-    reviewed = " · reviewed ✓" if group.get("reviewed") and group["tier"] != "identical" else ""
+    reviewed = " · reviewed ✓" if group.get("reviewed") and group["tier"] != Tier.IDENTICAL else ""
     return f"{group['id']} · {group['size']} crops · {names}{reviewed}"
 
 

@@ -39,6 +39,7 @@ def _clean_settings_env(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     # fp32 everywhere but tests/test_precision.py, which compares int8 against it.
     monkeypatch.setenv("EMBED_PRECISION", "fp32")
+    monkeypatch.setenv("TEXT_PRECISION", "fp32")
     monkeypatch.chdir(tmp_path)  # no stray .env from the checkout
 
 
@@ -74,7 +75,8 @@ def tiny_embedder(tiny_clip_dir):
 @pytest.fixture
 def settings(tmp_path, tiny_clip_dir) -> Settings:
     return Settings(_env_file=None, data_dir=tmp_path / "data", clip_model=str(tiny_clip_dir),
-                    detector_model="none", device="cpu", batch_size=8, embed_precision="fp32")
+                    detector_model="none", device="cpu", batch_size=8, embed_precision="fp32",
+                    text_precision="fp32")
 
 
 class BlobDetector:
@@ -178,19 +180,15 @@ def sample(tmp_path):
 
 @pytest.fixture
 def handlers(ui_settings, sample, tiny_embedder):
+    """The UI's handlers over the app (core/app.py) with the tiny CLIP model and the blob detector."""
+    from core.app import open_app
     from core.catalogue.folders import discover
-    from core.pipeline.ingest import IngestService
-    from core.search.service import SearchService
-    from core.store.edge import EdgeStore
     from search_ui.handlers import Handlers
 
-    store = EdgeStore(ui_settings.embedded_store_dir, ui_settings.qdrant_collection)
-    detector = BlobDetector()
-    ingest = IngestService(store, tiny_embedder, detector, ui_settings.data_dir, batch_size=8)
-    for factory in ("factory_a", "factory_b", "factory_c"):
-        ingest.add(discover(sample.factory_dir(factory)), factory)
-    yield Handlers(ui_settings, store, SearchService(store, tiny_embedder, detector), ingest)
-    store.close()
+    with open_app(ui_settings, embedder=tiny_embedder, detector=BlobDetector(), background_remover=None) as app:
+        for factory in ("factory_a", "factory_b", "factory_c"):
+            app.ingest.add(discover(sample.factory_dir(factory)), factory)
+        yield Handlers(ui_settings, app.store, app.search, app.ingest)
 
 
 @pytest.fixture

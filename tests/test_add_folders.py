@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from ingest.cli import app
 from tests.conftest import two_shoes_photo
+from tests.helpers import cli_json as _json
+from tests.helpers import run_cli as _run
 from tools.sample_catalogue import make_catalogue
 
-runner = CliRunner()
 HEIC = Path(__file__).parent / "fixtures" / "shoe.heic"  # 96x64, written by pillow-heif 1.8.1 (libheif 1.23.6)
 
 
@@ -30,15 +29,6 @@ def env(cli_env, monkeypatch):
 @pytest.fixture
 def catalogue(env):
     return make_catalogue(env / "shoes", factories=2, products_per_factory=3, variants_per_product=1)
-
-
-def _run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _json(result):
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def _stats():

@@ -7,13 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
-from ingest.cli import app
 from tests.conftest import two_shoes_photo
+from tests.helpers import cli_json as _json
+from tests.helpers import run_cli as _run
 from tools.sample_catalogue import make_catalogue
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -25,15 +23,6 @@ def env(cli_env, monkeypatch):
 @pytest.fixture
 def catalogue(env):
     return make_catalogue(env / "shoes", factories=2, products_per_factory=3, variants_per_product=1)
-
-
-def _run(*args):
-    return runner.invoke(app, list(args))
-
-
-def _json(result):
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def test_add_reports_json_and_rerun_adds_nothing(catalogue):

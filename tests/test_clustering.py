@@ -12,12 +12,12 @@ from core.duplicates.groups import (
     Constraints,
     Items,
     assign_stable_ids,
-    brute_force_pairs,
     calibrate,
     cluster,
     exact_pairs,
     overlap_matrix,
 )
+from tests.helpers import brute_force_pairs
 
 DIM = 12
 

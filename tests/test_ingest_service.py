@@ -270,7 +270,7 @@ def test_a_model_that_cannot_load_still_stops_the_run(tmp_path, store, tiny_embe
 def test_stored_payload_is_the_computed_keys_plus_manifest_extras(tmp_path, store, tiny_embedder, blob_detector):
     """The keys a manifest may not use are exactly those ingest writes (and clustering's group keys)."""
     from core.domain.types import COMPUTED_PAYLOAD_KEYS, reserved_payload_key
-    from core.duplicates.service import PAYLOAD_KEY
+    from core.domain.options import Tier
 
     photo = two_shoes_photo(tmp_path / "factory_a" / "pair.jpg")
     manifest = tmp_path / "m.csv"
@@ -281,7 +281,7 @@ def test_stored_payload_is_the_computed_keys_plus_manifest_extras(tmp_path, stor
     for point in points:
         assert set(point.payload) == set(COMPUTED_PAYLOAD_KEYS) | {"colour"}
         assert point.payload["colour"] == "red" and point.payload["product_id"] == "SKU-1"
-    assert all(reserved_payload_key(key) for key in PAYLOAD_KEY.values())
+    assert all(reserved_payload_key(tier.payload_key) for tier in Tier)
 
 
 def test_large_decodes_are_queued_within_the_pixel_budget(tmp_path, store, tiny_embedder):

@@ -74,21 +74,21 @@ def test_detector_without_shoe_classes_is_refused(tiny_yolo_path):
 
 def test_uncached_hub_model_without_offline_flags_fails_fast(monkeypatch):
     """Not in the cache and the hub unreachable: one clear error, no minutes of hub retries."""
-    import core.vision.embedder
+    import core.vision.lazy_model
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     probes = []
-    monkeypatch.setattr(core.vision.embedder, "hub_reachable", lambda *a, **k: probes.append(1) or False)
+    monkeypatch.setattr(core.vision.lazy_model, "hub_reachable", lambda *a, **k: probes.append(1) or False)
     with pytest.raises(ModelUnavailable, match="not in the local model cache, and huggingface.co cannot be reached"):
         ClipEmbedder("sentence-transformers/clip-ViT-B-32", device="cpu").load()
     assert probes == [1]
 
 
 def test_hub_offline_flag_skips_the_probe(monkeypatch):
-    import core.vision.embedder
+    import core.vision.lazy_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(core.vision.embedder, "hub_reachable", lambda *a, **k: pytest.fail("probed while offline"))
+    monkeypatch.setattr(core.vision.lazy_model, "hub_reachable", lambda *a, **k: pytest.fail("probed while offline"))
     with pytest.raises(ModelUnavailable, match="could not be loaded"):
         ClipEmbedder("clip-ViT-B-32", device="cpu").load()

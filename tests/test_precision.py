@@ -64,3 +64,42 @@ def test_fp32_precision_never_exports(tiny_clip_dir, tmp_path):
     embedder = ClipEmbedder(str(tiny_clip_dir), device="cpu", precision="fp32", cache_dir=tmp_path / "models")
     embedder.load()
     assert embedder.active_precision == "fp32" and not (tmp_path / "models").exists()
+
+
+TEXTS = ["white leather high-top sneaker", "red boot", "a " * 200 + "very long description",  # cut at 77 tokens
+         "   black   ankle boot  "]
+
+
+@pytest.mark.parametrize("precision", ["auto", "int8"])
+def test_text_tower_through_onnx_runtime_agrees_with_torch(tiny_clip_dir, tiny_embedder, tmp_path, precision,
+                                                           monkeypatch):
+    """TEXT_PRECISION: the ONNX text tower gives the torch model's text vectors (padding and cut included)."""
+    import core.vision.embedder
+
+    exact = tiny_embedder.embed_texts(TEXTS)
+    if precision == "auto":  # a bar int8 cannot reach: auto keeps the fp32 export, equal to torch
+        monkeypatch.setattr(core.vision.embedder, "INT8_MIN_COSINE", 1.01)
+    embedder = ClipEmbedder(str(tiny_clip_dir), device="cpu", precision="fp32", text_precision=precision,
+                            cache_dir=tmp_path / "models")
+    fast = embedder.embed_texts(TEXTS)
+    assert embedder.active_precision == "fp32"  # the image tower is not touched
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    if precision == "auto":
+        assert embedder.active_text_precision == "onnx fp32" and embedder.text_agreement < 1.01
+        np.testing.assert_allclose(fast, exact, atol=2e-5)
+        assert len(list((tmp_path / "models").glob("*-text-fp32.onnx"))) == 1
+    else:
+        assert embedder.active_text_precision == "int8"
+        assert (fast * exact).sum(axis=1).min() > 0.99
+    one = np.vstack([embedder.embed_texts([t])[0] for t in TEXTS])  # alone, no padding: the same vectors
+    if precision == "auto":
+        np.testing.assert_allclose(one, fast, atol=2e-5)
+    else:  # int8 activations are scaled per run (dynamic quantization): a batch shifts them a little
+        assert (one * exact).sum(axis=1).min() > 0.99
+
+
+def test_text_precision_fp32_never_exports(tiny_clip_dir, tmp_path):
+    embedder = ClipEmbedder(str(tiny_clip_dir), device="cpu", precision="fp32", text_precision="fp32",
+                            cache_dir=tmp_path / "models")
+    embedder.embed_texts(["white sneaker"])
+    assert embedder.active_text_precision == "fp32" and not (tmp_path / "models").exists()

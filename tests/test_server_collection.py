@@ -156,7 +156,7 @@ class _Recording:
 
     def __init__(self, client: QdrantClient) -> None:
         self._inner = client
-        self._client = client._client
+        self.init_options = client.init_options  # local mode, as the store reads it
         self.calls: list[tuple[str, tuple, dict]] = []
 
     def __getattr__(self, name):

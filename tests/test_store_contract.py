@@ -144,6 +144,33 @@ def test_score_threshold(store):
     assert all(h.score >= 0.5 for h in hits) and len(hits) < 50
 
 
+def test_backend_differences_are_answered_by_the_store(store, request, tmp_path):
+    """What the app and UI ask instead of checking types: servable, holder, a collection beside."""
+    kind = request.node.callspec.params["store"]
+    assert store.servable is (kind == "edge")  # only a store this process holds can be served
+    if kind == "remote":
+        assert "(process " in store.holder and "http://127.0.0.1:" in store.holder
+    else:
+        assert store.holder is None
+    store.ensure_collection("m", DIM)
+    store.upsert(_points(5, np.random.default_rng(4)))
+    other = store.beside("shoes_head", write=True)
+    try:
+        assert other.collection == "shoes_head" and other.info() is None
+        other.ensure_collection("head", 4)
+        other.upsert([StoredPoint(str(uuid.UUID(int=99)), {"factory": "z"}, np.ones(4, dtype=np.float32) / 2)])
+        assert other.count() == 1 and store.count() == 5 and store.info().model == "m"
+        assert other.query(np.ones(4), limit=1)[0].point_id == str(uuid.UUID(int=99))
+        if kind == "qdrant-client":  # the same client, the same place
+            assert other.client is store.client and other.location == store.location and not other.servable
+        else:  # the same folder; the holder serves only "shoes", so the head collection is opened here
+            assert isinstance(other, EdgeStore) and other.servable and other.holder is None
+            assert other.directory == tmp_path / "edge"
+    finally:
+        if kind != "qdrant-client":  # closing a qdrant-client store closes the client they share
+            other.close()
+
+
 def test_edge_store_persists_across_reopen(tmp_path):
     store = EdgeStore(tmp_path / "edge", "shoes")
     store.ensure_collection("m", DIM)

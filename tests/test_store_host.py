@@ -92,10 +92,12 @@ def test_a_busy_ui_is_waited_for_like_a_busy_lock(host, handlers):
 
 
 def test_a_second_ui_on_a_served_store_is_refused(host, handlers):
+    from core.app import open_app
     from search_ui.app import create_handlers
 
-    with pytest.raises(StoreLocked, match=r"is already served by search-ui \(process \d+\) at http://127.0.0.1:\d+"):
-        create_handlers(handlers.settings, preload=False)
+    with pytest.raises(StoreLocked, match=r"is already served by search-ui \(process \d+\) at http://127.0.0.1:\d+"), \
+            open_app(handlers.settings) as app:
+        create_handlers(app, preload=False)
 
 
 def test_a_collection_the_holder_does_not_hold_is_named(host, handlers):
@@ -119,3 +121,25 @@ def test_connect_url(bound, url):
     ("", "0.0.0.0", False), ("testclient", "127.0.0.1", False)])
 def test_only_local_clients(client, bound, allowed):
     assert _is_local_client(client, bound) is allowed
+
+
+def test_a_collection_beside_a_served_one_shares_the_connection(tmp_path):
+    """RemoteStore.beside (the projection head's index): served by the same holder, reached through
+    the same connection; closing the first store closes it."""
+    from core.store.edge import EdgeStore
+
+    holders = [EdgeStore(tmp_path / "edge", "shoes"), EdgeStore(tmp_path / "edge", "shoes_head")]
+    try:
+        holders[1].ensure_collection("head", 4)
+        with serving(holders):
+            remote = open_embedded(tmp_path / "edge", "shoes", write=True)
+            head = remote.beside("shoes_head")
+            try:
+                assert isinstance(head, RemoteStore) and head.link is remote.link and not head.servable
+                assert head.holder == remote.holder and head.info().model == "head"
+            finally:
+                head.close()
+                remote.close()
+    finally:
+        for holder in holders:
+            holder.close()

@@ -106,7 +106,7 @@ def test_cli_indexes_with_the_text_model_and_refuses_another(cli_env, tiny_text_
 
 
 def test_ui_start_up_refuses_another_text_model(ui_settings, tiny_text_dir, tiny_clip_dir):
-    from core.app import build_embedder
+    from core.app import build_embedder, open_app
     from core.catalogue.folders import discover
     from core.pipeline.ingest import IngestService
     from core.store.edge import EdgeStore
@@ -120,15 +120,13 @@ def test_ui_start_up_refuses_another_text_model(ui_settings, tiny_text_dir, tiny
     IngestService(store, build_embedder(paired), BlobDetector(), paired.data_dir).add(
         discover(catalogue.factory_dir("factory_a")), "factory_a")
     store.close()
-    with pytest.raises(SchemaMismatch, match="TEXT_MODEL is empty"):
-        create_handlers(ui_settings, preload=False)
-    handlers = create_handlers(paired, preload=False)
-    try:
+    with pytest.raises(SchemaMismatch, match="TEXT_MODEL is empty"), open_app(ui_settings) as app:
+        create_handlers(app, preload=False)
+    with open_app(paired) as app:
+        handlers = create_handlers(app, preload=False)
         results = handlers.search_text("botte rouge", top_k=2)
         assert len(results.hits) == 2 and results.status.startswith("2 results for “botte rouge”")
         assert "**Model:** tiny-clip (16-d), text queries by tiny-multilingual" in handlers.catalogue_markdown()
-    finally:
-        handlers.store.close()
 
 
 def test_export_and_import_keep_the_text_model(tmp_path):

@@ -23,14 +23,27 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def build_tiny_clip(directory: Path, projection_dim: int = 16, seed: int = 0, full_size: bool = False) -> Path:
+def build_tiny_clip(directory: Path, projection_dim: int = 16, seed: int = 0, full_size: bool = False,
+                    patch_size: int = 16, image_size: int = 64, vision_width: int = 32, text_width: int = 32,
+                    layout: str = "transformers") -> Path:
     """A ~360 KB CLIP (hidden 32, 2 layers, 64 px images) loadable by SentenceTransformer(directory).
 
     `full_size=True` builds ViT-B/32 shapes instead (random weights, the real compute cost; ~600 MB).
+    `patch_size`, `image_size`, `vision_width`, `text_width`: miniature versions of the other
+    OpenAI shapes (ViT-B/16: a finer patch grid; ViT-L/14: patch 14, wider towers, a larger
+    projection). `layout`: "transformers" = a plain CLIPModel checkpoint (config.json, weights,
+    processor; no modules.json), as patrickjohncyh/fashion-clip is published; "sentence-transformers"
+    = modules.json naming sentence_transformers.models.CLIPModel in 0_CLIPModel/, as the hub's
+    sentence-transformers/clip-ViT-B-16 and clip-ViT-L-14 are published.
     """
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
+    if layout not in ("transformers", "sentence-transformers"):
+        raise ValueError(f"unknown layout {layout!r}")
+    top = directory
+    if layout == "sentence-transformers":
+        directory = top / "0_CLIPModel"
     directory.mkdir(parents=True, exist_ok=True)
     vocab = {c: i for i, c in enumerate(_bytes_to_unicode().values())}
     vocab["<|startoftext|>"] = len(vocab)
@@ -45,15 +58,26 @@ def build_tiny_clip(directory: Path, projection_dim: int = 16, seed: int = 0, fu
         config = CLIPConfig(text_config=tokens)  # ViT-B/32 defaults: 224 px, 12 layers, 512-d
         image_processor = CLIPImageProcessor()
     else:
-        common = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
-        config = CLIPConfig(text_config=dict(common, **tokens), vision_config=dict(common, image_size=64, patch_size=16),
+        common = dict(intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+        config = CLIPConfig(text_config=dict(common, hidden_size=text_width, **tokens),
+                            vision_config=dict(common, hidden_size=vision_width, image_size=image_size,
+                                               patch_size=patch_size),
                             projection_dim=projection_dim)
-        image_processor = CLIPImageProcessor(size=64, crop_size=64)
+        image_processor = CLIPImageProcessor(size=image_size, crop_size=image_size)
     model = CLIPModel(config)
     model.save_pretrained(directory)
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
     processor.save_pretrained(directory)
-    return directory
+    if layout == "sentence-transformers":
+        (top / "modules.json").write_text(json.dumps(
+            [{"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}]))
+    return top
+
+
+# Miniatures of the published shapes (tiny widths; the patch grid and the projection change as in
+# the real ones: B/32 -> B/16 keeps 512-d vectors, L/14 gives 768-d ones and a wider image tower).
+TINY_B16 = dict(patch_size=8, image_size=64, projection_dim=16)
+TINY_L14 = dict(patch_size=14, image_size=56, vision_width=48, text_width=32, projection_dim=24)
 
 
 FOOTWEAR_NAMES = ["Footwear", "Boot", "High heels", "Sandal", "Roller skates"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -44,8 +45,34 @@ class CropPayload:
         """Extras first, computed fields last: a computed field always wins."""
         return {**extras, **asdict(self)}
 
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> CropPayload:
+        """The computed fields of a stored payload, typed. A key missing (a point indexed by an
+        older version, a partial payload) reads as empty: "" for text, 0 for sizes and the crop
+        index, None for the optional fields."""
+        get = payload.get
+        return cls(**{name: str(get(name) or "") for name in _TEXT_FIELDS},
+                   **{name: int(get(name) or 0) for name in _INT_FIELDS},
+                   **{name: get(name) for name in _OPTIONAL_FIELDS})
+
+    @property
+    def product(self) -> str:
+        """'factory/product_id': a product, whatever factory shares its id."""
+        return f"{self.factory}/{self.product_id}"
+
+    @property
+    def photo(self) -> str:
+        """'factory/sha256' (the path for a point without a content hash): one photo of a factory."""
+        return f"{self.factory}/{self.photo_sha256 or self.photo_path}"
+
+
+_TEXT_FIELDS = ("factory", "product_id", "photo_path", "photo_sha256", "crop_path", "model", "ingested_at")
+_INT_FIELDS = ("crop_index", "width", "height", "photo_width", "photo_height")
+
 
 COMPUTED_PAYLOAD_KEYS: tuple[str, ...] = tuple(f.name for f in fields(CropPayload))
+# box, detector_class, detector_confidence, background, crop_phash: None when missing
+_OPTIONAL_FIELDS = tuple(name for name in COMPUTED_PAYLOAD_KEYS if name not in _TEXT_FIELDS + _INT_FIELDS)
 # `ingest cluster` writes group ids under keys starting with this (core.duplicates.service).
 GROUP_KEY_PREFIX = "group_"
 
@@ -65,12 +92,34 @@ class Detection:
 
 
 @dataclass(frozen=True)
+class LinkedProduct:
+    """A product linked to a hit's product in the review (the same shoe sold by another factory),
+    shown with the hit when search collapses linked products. `score` and `point_id`: its best
+    crop among the results folded into the hit; None when none of its crops was among them."""
+
+    factory: str
+    product_id: str
+    score: float | None = None
+    point_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.factory}/{self.product_id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"factory": self.factory, "product_id": self.product_id,
+                "score": None if self.score is None else round(self.score, 6), "point_id": self.point_id}
+
+
+@dataclass(frozen=True)
 class Hit:
-    """One search result: a stored crop, its score and its payload."""
+    """One search result: a stored crop, its score and its payload; `linked`: the other products
+    of its link group, when search collapsed linked products into this one result."""
 
     point_id: str
     score: float
     payload: dict[str, Any]
+    linked: tuple[LinkedProduct, ...] = ()
 
     @property
     def factory(self) -> str:

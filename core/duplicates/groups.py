@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from core.domain.options import Level, Linkage, Scope, Tier, check_representative
+from core.domain.types import CropPayload
 from core.duplicates import photo_hash, review
+from core.duplicates.components import UnionFind, components
 
-Scope = Literal["all", "cross-factory", "within-factory"]
-Level = Literal["crop", "product"]
-Linkage = Literal["single", "complete"]
-TIER_PREFIX = {"identical": "idt", "phash": "phs", "duplicate": "dup", "similar": "sim"}
 # Components larger than this keep single linkage (their statistics are still exact).
 MAX_COMPLETE_LINKAGE = 4000
 
@@ -77,33 +76,9 @@ def exact_pairs(vectors: np.ndarray, threshold: float, labels: np.ndarray | None
             np.concatenate([p[2] for p in parts]))
 
 
-def brute_force_pairs(vectors: np.ndarray, threshold: float) -> set[tuple[int, int]]:
-    """The N x N baseline (what the older scripts did): every pair, full matrix in memory."""
-    sims = vectors @ vectors.T
-    rows, cols = np.nonzero(np.triu(sims >= threshold, k=1))
-    return set(zip(rows.tolist(), cols.tolist()))
-
-
 def connected_components(n: int, rows: np.ndarray, cols: np.ndarray) -> list[list[int]]:
     """Components (size >= 2) of the graph on n nodes with edges (rows[k], cols[k])."""
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    for a, b in zip(rows.tolist(), cols.tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    members: dict[int, list[int]] = defaultdict(list)
-    for node in range(n):
-        members[find(node)].append(node)
-    return sorted((m for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
+    return components(zip(rows.tolist(), cols.tolist()), size=n)
 
 
 def complete_linkage(scores: np.ndarray, threshold: float) -> list[list[int]]:
@@ -142,16 +117,15 @@ class Member:
 
     @classmethod
     def of(cls, point_id: str, payload: Mapping[str, Any], similarity: float) -> Member:
-        return cls(point_id, str(payload.get("factory", "")), str(payload.get("product_id", "")),
-                   str(payload.get("photo_path", "")), payload.get("box"), payload.get("crop_path"),
-                   round(float(similarity), 6), str(payload.get("photo_sha256") or ""),
-                   int(payload.get("crop_index") or 0))
+        crop = CropPayload.from_payload(payload)
+        return cls(point_id, crop.factory, crop.product_id, crop.photo_path, crop.box, crop.crop_path or None,
+                   round(float(similarity), 6), crop.photo_sha256, crop.crop_index)
 
 
 @dataclass
 class Group:
     id: str
-    tier: str
+    tier: Tier
     members: list[Member]  # representative first, then by similarity to it
     min_similarity: float
     mean_similarity: float
@@ -185,13 +159,20 @@ class Items:
 class ClusterSettings:
     duplicate_threshold: float = 0.95
     similar_threshold: float = 0.85
-    scope: Scope = "all"
-    level: Level = "crop"
-    linkage: Linkage = "single"
+    scope: Scope = Scope.ALL
+    level: Level = Level.CROP
+    linkage: Linkage = Linkage.SINGLE
     representative: str = "medoid"  # medoid | largest | confidence | factory:NAME
     identical: bool = True
     block: int = 4096
     hash_distance: int | None = 6  # phash tier: at most this many of 64 bits differ (None: no phash tier)
+
+    def __post_init__(self) -> None:
+        """Plain strings become the option enums; an unknown value raises ValueError."""
+        object.__setattr__(self, "scope", Scope(self.scope))
+        object.__setattr__(self, "level", Level(self.level))
+        object.__setattr__(self, "linkage", Linkage(self.linkage))
+        check_representative(self.representative)
 
 
 @dataclass(frozen=True)
@@ -214,7 +195,8 @@ def _nodes(items: Items, level: Level) -> list[list[int]]:
         return [[i] for i in range(len(items))]
     by_product: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, payload in enumerate(items.payloads):
-        by_product[(str(payload.get("factory", "")), str(payload.get("product_id", "")))].append(i)
+        crop = CropPayload.from_payload(payload)
+        by_product[(crop.factory, crop.product_id)].append(i)
     return list(by_product.values())
 
 
@@ -269,11 +251,11 @@ def _stats(scores: np.ndarray) -> tuple[float, float]:
     return float(upper.min()), float(upper.mean())
 
 
-class _ConstrainedUnion:
+class _ConstrainedUnion(UnionFind):
     """Union-find that refuses a union putting two nodes decided `different` in one set."""
 
     def __init__(self, n: int, cannot: Mapping[int, set[int]]) -> None:
-        self.parent = list(range(n))
+        super().__init__(n)
         self.forbidden: dict[int, set[int]] = {node: set(others) for node, others in cannot.items()}
 
     def copy(self) -> _ConstrainedUnion:
@@ -282,16 +264,8 @@ class _ConstrainedUnion:
         other.forbidden = dict(self.forbidden)  # sets are replaced on union, never changed in place
         return other
 
-    def find(self, x: int) -> int:
-        parent = self.parent
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
     def union(self, a: int, b: int) -> bool:
+        """Join unless that puts a `different` pair in one set; True when a and b end up together."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return True
@@ -306,12 +280,6 @@ class _ConstrainedUnion:
             self.forbidden[root] = (fa or set()) | (fb or set())
             self.forbidden.pop(child, None)
         return True
-
-    def groups(self, nodes: Iterable[int]) -> list[list[int]]:
-        members: dict[int, list[int]] = defaultdict(list)
-        for node in nodes:
-            members[self.find(node)].append(node)
-        return sorted((sorted(m) for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
 
 
 class _Decided:
@@ -388,7 +356,7 @@ def _key_index(key_sets: Sequence[set[str]]) -> dict[str, list[int]]:
     return index
 
 
-def build_groups(items: Items, nodes: list[list[int]], components: list[list[int]], tier: str, threshold: float,
+def build_groups(items: Items, nodes: list[list[int]], components: list[list[int]], tier: Tier, threshold: float,
                  linkage: Linkage, rule: str, decided: _Decided | None = None, scope: Scope = "all",
                  node_labels: np.ndarray | None = None) -> list[Group]:
     """Turn node components into Groups: optional complete-linkage split, representative,
@@ -453,7 +421,7 @@ def _linkage_scores(scores: np.ndarray, component: list[int], threshold: float, 
 
 
 def _group(items: Items, nodes: list[list[int]], members: list[int], rep: int, to_rep: np.ndarray,
-           tier: str, low: float, mean: float) -> Group:
+           tier: Tier, low: float, mean: float) -> Group:
     """A Group: members ordered representative first, then by similarity to it."""
     rep_vectors = items.vectors[nodes[members[rep]]]
     order = sorted(range(len(members)), key=lambda p: (p != rep, -to_rep[p]))
@@ -467,7 +435,7 @@ def _group(items: Items, nodes: list[list[int]], members: list[int], rep: int, t
     return Group(_content_id(tier, covered), tier, group_members, round(low, 6), round(mean, 6), member_points=covered)
 
 
-def _large_group(items: Items, nodes: list[list[int]], members: list[int], tier: str) -> Group:
+def _large_group(items: Items, nodes: list[list[int]], members: list[int], tier: Tier) -> Group:
     """A component too large for a full score matrix (a chain, usually): exact statistics in
     row blocks, the medoid as representative, single linkage kept."""
     m = len(members)
@@ -497,9 +465,9 @@ def _best_per_key(keys: list[np.ndarray], values: list[np.ndarray], n_nodes: int
     return np.stack([key // n_nodes, key % n_nodes], axis=1), value
 
 
-def _content_id(tier: str, point_ids: Sequence[str]) -> str:
+def _content_id(tier: Tier, point_ids: Sequence[str]) -> str:
     digest = hashlib.sha1("\n".join(sorted(point_ids)).encode()).hexdigest()[:10]
-    return f"{TIER_PREFIX[tier]}-{digest}"
+    return f"{Tier(tier).prefix}-{digest}"
 
 
 def identical_groups(items: Items, scope: Scope) -> list[Group]:
@@ -520,7 +488,7 @@ def identical_groups(items: Items, scope: Scope) -> list[Group]:
         ids = sorted(items.ids[i] for i in members)
         group_members = [Member.of(items.ids[i], items.payloads[i], 1.0) for i in sorted(members, key=lambda i: items.ids[i])]
         # The same bytes are the same shoe: nothing for a person to decide.
-        groups.append(Group(_content_id("identical", ids), "identical", group_members, 1.0, 1.0, member_points=ids,
+        groups.append(Group(_content_id(Tier.IDENTICAL, ids), Tier.IDENTICAL, group_members, 1.0, 1.0, member_points=ids,
                             reviewed=True))
     return sorted(groups, key=lambda g: (-len(g.members), g.id))
 
@@ -550,7 +518,7 @@ def hash_groups(items: Items, settings: ClusterSettings, labels: np.ndarray, nod
         union.union(int(a[k]), int(b[k]))
     components = union.groups(set(a.tolist()) | set(b.tolist()))
     node_labels = labels[[crops[0] for crops in nodes]]
-    groups = build_groups(items, nodes, components, "phash", -1.0, "single", settings.representative, decided,
+    groups = build_groups(items, nodes, components, Tier.PHASH, -1.0, Linkage.SINGLE, settings.representative, decided,
                           settings.scope, node_labels)
     return [g for g in groups if len({review.crop_key(m.photo_sha256, m.crop_index) for m in g.members}) > 1]
 
@@ -571,8 +539,9 @@ def cluster(items: Items, settings: ClusterSettings = ClusterSettings(),
     node_of = np.empty(len(items), dtype=np.int64)
     for n, crops in enumerate(nodes):
         node_of[crops] = n
-    factories = sorted({str(p.get("factory", "")) for p in items.payloads})
-    labels = np.array([factories.index(str(p.get("factory", ""))) for p in items.payloads])
+    names = [CropPayload.from_payload(p).factory for p in items.payloads]
+    index = {name: k for k, name in enumerate(sorted(set(names)))}
+    labels = np.array([index[name] for name in names])
 
     low = min(settings.duplicate_threshold, settings.similar_threshold)
     blocks_per_side = -(-len(items) // settings.block)
@@ -604,7 +573,7 @@ def cluster(items: Items, settings: ClusterSettings = ClusterSettings(),
         groups += identical_groups(items, settings.scope)
     if settings.hash_distance is not None:
         groups += hash_groups(items, settings, labels, nodes, node_of, decided)
-    for tier, threshold in (("duplicate", settings.duplicate_threshold), ("similar", settings.similar_threshold)):
+    for tier, threshold in ((Tier.DUPLICATE, settings.duplicate_threshold), (Tier.SIMILAR, settings.similar_threshold)):
         keep = scores >= threshold
         if constrained:
             components = decided.components(pairs[keep, 0], pairs[keep, 1], scores[keep])

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.domain.types import CropPayload
 from core.errors import ShoeSearchError
 
 SAME, DIFFERENT = "same", "different"
@@ -64,11 +65,11 @@ def key_kind(key: str) -> str:
 def payload_keys(payload: Mapping[str, Any]) -> tuple[str | None, str | None, str]:
     """(crop key, photo key, product key) of a crop's payload; crop and photo keys are None
     for a payload without a content hash."""
-    sha = payload.get("photo_sha256")
-    product = product_key(str(payload.get("factory", "")), str(payload.get("product_id", "")))
-    if not sha:
+    crop = CropPayload.from_payload(payload)
+    product = product_key(crop.factory, crop.product_id)
+    if not crop.photo_sha256:
         return None, None, product
-    return crop_key(str(sha), payload.get("crop_index")), photo_key(str(sha)), product
+    return crop_key(crop.photo_sha256, crop.crop_index), photo_key(crop.photo_sha256), product
 
 
 def link_keys(payload: Mapping[str, Any]) -> set[str]:
@@ -96,14 +97,9 @@ def connected(key_sets: Sequence[set[str]], same: Mapping[str, set[str]]) -> boo
     n = len(key_sets)
     if n < 2:
         return True
-    parent = list(range(n))
+    from core.duplicates.components import UnionFind
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    joined = UnionFind(n)
     owners: dict[str, list[int]] = {}
     for i, keys in enumerate(key_sets):
         for key in keys:
@@ -111,12 +107,12 @@ def connected(key_sets: Sequence[set[str]], same: Mapping[str, set[str]]) -> boo
     for key, members in owners.items():
         if key_kind(key) == "crop":
             for other in members[1:]:
-                parent[find(other)] = find(members[0])
+                joined.union(other, members[0])
         for partner in same.get(key, ()):
             for i in members:
                 for j in owners.get(partner, ()):
-                    parent[find(i)] = find(j)
-    return len({find(i) for i in range(n)}) == 1
+                    joined.union(i, j)
+    return len({joined.find(i) for i in range(n)}) == 1
 
 
 # --------------------------------------------------------------------------- records
@@ -370,11 +366,11 @@ class ContentIndex:
         self.path_by_sha: dict[str, str] = {}
         self.products: set[tuple[str, str]] = set()
         for payload in payloads:
-            sha, path = payload.get("photo_sha256"), payload.get("photo_path")
-            if sha and path:
-                self.sha_by_path[str(path)] = str(sha)
-                self.path_by_sha.setdefault(str(sha), str(path))
-            self.products.add((str(payload.get("factory", "")), str(payload.get("product_id", ""))))
+            crop = CropPayload.from_payload(payload)
+            if crop.photo_sha256 and crop.photo_path:
+                self.sha_by_path[crop.photo_path] = crop.photo_sha256
+                self.path_by_sha.setdefault(crop.photo_sha256, crop.photo_path)
+            self.products.add((crop.factory, crop.product_id))
 
     def resolve(self, value: str, sha256: str = "", crop: str = "", base: Path | None = None) -> str | None:
         """The key for one side of a row, or None if nothing matches. `sha256`/`crop` (export
@@ -578,23 +574,9 @@ def _read_rows(path: Path) -> list[tuple[str, Mapping[str, Any]]]:
 
 def product_groups(state: ReviewState) -> list[list[str]]:
     """Products linked as the same shoe (transitively), each group sorted, groups by first product."""
-    parent: dict[str, str] = {}
+    from core.duplicates.components import components
 
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for link in state.product_links():
-        ra, rb = find(link.a), find(link.b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[str, list[str]] = {}
-    for key in parent:
-        groups.setdefault(find(key), []).append(key)
-    return sorted(sorted(g) for g in groups.values())
+    return sorted(components(((link.a, link.b) for link in state.product_links()), min_size=1))
 
 
 def product_mapping(state: ReviewState, best_similarity) -> dict[str, Any]:
@@ -633,3 +615,25 @@ def write_product_mapping(path: Path, mapping: Mapping[str, Any]) -> None:
             writer.writerow([group["group"], link["a"], link["b"],
                              "" if link["best_similarity"] is None else link["best_similarity"], link["decided_at"]])
     _write_out(path, buffer.getvalue())
+
+
+def linked_products(state: ReviewState) -> dict[str, list[str]]:
+    """'factory/product_id' -> every product of its link group ('factory/product_id', sorted, itself
+    included), for the products linked as the same shoe; unlinked products are absent. What
+    `ingest eval --links`, `ingest tune --links` and search's collapse of linked products read."""
+    out: dict[str, list[str]] = {}
+    for group in product_groups(state):
+        names = [key.split(":", 1)[1] for key in group]
+        for name in names:
+            out[name] = names
+    return out
+
+
+def require_product_links(state: ReviewState) -> dict[str, list[str]]:
+    """`linked_products`, or a DecisionsError saying how to link products when there are none."""
+    links = linked_products(state)
+    if not links:
+        raise DecisionsError("no products are linked across factories yet: link them in the Duplicates tab (\"Same "
+                             "product across factories\") or import rows like factory_a/SKU-1,factory_b/B-77,same "
+                             "with `ingest review import`")
+    return links

@@ -1,4 +1,4 @@
-"""Clustering runs against the store: read vectors, cluster, keep ids stable, write reports.
+"""Clustering runs against the store: read vectors, cluster, keep ids stable (reports: core/duplicates/reports.py).
 
 The last run's groups are kept twice: in a sidecar (`DATA_DIR/clusters/<collection>.json`,
 group id -> member point ids, used to keep ids stable on the next run, and which groups were
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from core.domain.types import GROUP_KEY_PREFIX
+from core.domain.options import Method, Tier
+from core.domain.types import CropPayload
 from core.duplicates import photo_hash, review
 from core.duplicates.groups import (
     ClusterSettings,
@@ -41,9 +40,6 @@ from core.errors import EmptyIndex, ShoeSearchError
 from core.pipeline.journal import crash_point
 from core.store.base import Store
 
-TIERS = ("identical", "phash", "duplicate", "similar")
-PAYLOAD_KEY = {tier: f"{GROUP_KEY_PREFIX}{tier}" for tier in TIERS}
-FORMATS = ("json", "csv", "folders", "collage")
 # Above this many crops the exact pair search gives way to k-nearest-neighbour candidates.
 EXACT_MAX_ITEMS = 300_000
 
@@ -60,13 +56,13 @@ class ClusterResult:
     ungrouped: list[dict[str, str]] = field(default_factory=list)  # crops in no duplicate/similar group
     timings: dict[str, float] = field(default_factory=dict)
 
-    def by_tier(self, tier: str) -> list[Group]:
+    def by_tier(self, tier: Tier | str) -> list[Group]:
         return [g for g in self.groups if g.tier == tier]
 
     def summary(self) -> dict[str, Any]:
         names = sorted(self.factories)
         tiers = {}
-        for tier in TIERS:
+        for tier in Tier:
             groups = self.by_tier(tier)
             tiers[tier] = {
                 "groups": len(groups),
@@ -76,10 +72,10 @@ class ClusterResult:
                 "status": dict(Counter(g.status for g in groups)),
                 "factory_overlap": {"factories": names, "matrix": overlap_matrix(groups, names)},
             }
-        grouped = {tier: {m.factory for g in self.by_tier(tier) for m in g.members} for tier in TIERS}
+        grouped = {tier: {m.factory for g in self.by_tier(tier) for m in g.members} for tier in Tier}
         per_factory = {
             name: {"items": count, **{f"in_{tier}_groups": sum(
-                sum(1 for m in g.members if m.factory == name) for g in self.by_tier(tier)) for tier in TIERS}}
+                sum(1 for m in g.members if m.factory == name) for g in self.by_tier(tier)) for tier in Tier}}
             for name, count in sorted(self.factories.items())
         }
         return {
@@ -142,10 +138,11 @@ class ClusterService:
         return Constraints(tuple(state.same_pairs()), tuple(state.different_pairs()),
                            frozenset(state.representatives))
 
-    def run(self, settings: ClusterSettings, factories: Sequence[str] | None = None, method: str = "auto",
+    def run(self, settings: ClusterSettings, factories: Sequence[str] | None = None, method: Method | str = Method.AUTO,
             knn: int = 32, progress: Callable[[float, str], None] | None = None) -> ClusterResult:
         """Cluster, give groups stable ids, store group ids in payloads and the sidecar."""
         started = time.perf_counter()
+        method = Method(method)  # an unknown method fails here, before any work
         self.store.check_writable("saving group ids")  # before the work, not after it
         if progress:
             progress(0.0, "reading vectors")
@@ -157,10 +154,10 @@ class ClusterService:
         if settings.hash_distance is not None:
             self._fill_hashes(items, progress)
         loaded = time.perf_counter()
-        if method == "auto":
-            method = "exact" if len(items) <= EXACT_MAX_ITEMS else "knn"
+        if method == Method.AUTO:
+            method = Method.EXACT if len(items) <= EXACT_MAX_ITEMS else Method.KNN
         candidates = None
-        if method == "knn":
+        if method == Method.KNN:
             low = min(settings.duplicate_threshold, settings.similar_threshold)
             candidates = knn_candidates(self.store, items, knn, low)
         groups = cluster(items, settings, progress=(lambda f: progress(0.05 + 0.8 * f, "comparing")) if progress else None,
@@ -171,11 +168,12 @@ class ClusterService:
         if progress:
             progress(0.9, "saving group ids")
         self._save(groups, items, bool(factories))
-        factories_count = Counter(str(p.get("factory", "")) for p in items.payloads)
-        grouped = {p for g in groups if g.tier in ("duplicate", "similar") for p in g.member_points}
-        ungrouped = [{"point_id": pid, "factory": str(payload.get("factory", "")),
-                      "product_id": str(payload.get("product_id", "")), "photo_path": str(payload.get("photo_path", ""))}
-                     for pid, payload in zip(items.ids, items.payloads) if pid not in grouped]
+        crops = [CropPayload.from_payload(p) for p in items.payloads]
+        factories_count = Counter(crop.factory for crop in crops)
+        grouped = {p for g in groups if g.tier in (Tier.DUPLICATE, Tier.SIMILAR) for p in g.member_points}
+        ungrouped = [{"point_id": pid, "factory": crop.factory, "product_id": crop.product_id,
+                      "photo_path": crop.photo_path}
+                     for pid, crop in zip(items.ids, crops) if pid not in grouped]
         result = ClusterResult(settings, list(factories or []), groups, dissolved, len(items), dict(factories_count),
                                method, ungrouped)
         result.timings = {"read": loaded - started, "cluster": clustered - loaded,
@@ -214,17 +212,17 @@ class ClusterService:
         assigned: dict[str, dict[str, str]] = {}
         for group in groups:
             for point in group.member_points:
-                assigned.setdefault(point, {})[PAYLOAD_KEY[group.tier]] = group.id
+                assigned.setdefault(point, {})[Tier(group.tier).payload_key] = group.id
         payloads = dict(zip(items.ids, items.payloads))
         if filtered:  # points of other factories may hold group ids too
             for point in self.store.scroll(batch_size=1024):
                 payloads.setdefault(point.id, point.payload)
         for group in groups:
-            key = PAYLOAD_KEY[group.tier]
+            key = Tier(group.tier).payload_key
             self.store.set_payload([p for p in group.member_points if payloads[p].get(key) != group.id],
                                    {key: group.id})
             crash_point("cluster.after_group")
-        for key in PAYLOAD_KEY.values():
+        for key in (tier.payload_key for tier in Tier):
             stale = [pid for pid, payload in payloads.items()
                      if payload.get(key) is not None and key not in assigned.get(pid, {})]
             self.store.set_payload(stale, {key: None})
@@ -336,139 +334,3 @@ def _label_key(value: str, labels_csv: Path) -> str:
         if candidate.exists():
             return str(candidate)
     return str(path.absolute()) if path.is_absolute() or path.exists() else value
-
-
-# --------------------------------------------------------------------------- reports
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"
-
-
-def write_reports(result: ClusterResult, out_dir: Path, data_dir: Path, formats: Sequence[str] = ("json", "csv"),
-                  collage_top: int = 20) -> list[Path]:
-    """Write the chosen formats under `out_dir`; returns the files and folders written."""
-    unknown = set(formats) - set(FORMATS)
-    if unknown:
-        raise ShoeSearchError(f"unknown report format(s) {', '.join(sorted(unknown))}; choose from {', '.join(FORMATS)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    written = []
-    groups_json = [_group_dict(g) for g in result.groups]
-    if "json" in formats:
-        path = out_dir / "groups.json"
-        path.write_text(json.dumps(groups_json, indent=1, ensure_ascii=False))
-        written.append(path)
-    if "csv" in formats:
-        path = out_dir / "groups.csv"
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["group_id", "tier", "status", "size", "min_similarity", "mean_similarity",
-                             "is_representative", "point_id", "factory", "product_id", "photo_path", "box",
-                             "similarity_to_representative", "reviewed"])
-            for g in result.groups:
-                for k, m in enumerate(g.members):
-                    writer.writerow([g.id, g.tier, g.status, len(g.members), g.min_similarity, g.mean_similarity,
-                                     int(k == 0), m.point_id, m.factory, m.product_id, m.photo_path,
-                                     json.dumps(m.box) if m.box else "", m.similarity, int(g.reviewed)])
-        written.append(path)
-    if "folders" in formats:
-        written += _write_folders(result, out_dir, data_dir)
-    if "collage" in formats:
-        written += _write_collages(result, out_dir, data_dir, collage_top)
-    result.timings["write"] = time.perf_counter() - started
-    summary = out_dir / "summary.json"
-    summary.write_text(json.dumps(result.summary(), indent=2, ensure_ascii=False))
-    return [summary, *written]
-
-
-def _group_dict(g: Group) -> dict[str, Any]:
-    return {"id": g.id, "tier": g.tier, "status": g.status, "reviewed": g.reviewed, "previous_ids": g.previous_ids,
-            "size": len(g.members),
-            "min_similarity": g.min_similarity, "mean_similarity": g.mean_similarity,
-            "representative": asdict(g.representative), "members": [asdict(m) for m in g.members],
-            "member_points": g.member_points}
-
-
-def _member_file_name(m) -> str:
-    return f"{_safe(m.factory)}_{_safe(m.product_id)}_{_safe(Path(m.photo_path).stem)}_{m.point_id[:8]}.jpg"
-
-
-def _write_folders(result: ClusterResult, out_dir: Path, data_dir: Path) -> list[Path]:
-    """DIR/<tier>_groups/group_<id>/rep_<name> and sim_0.972_<name> (thumbnail copies),
-    plus DIR/unique/unique.csv listing ungrouped crops."""
-    written = []
-    for tier in TIERS:
-        root = out_dir / f"{tier}_groups"
-        if root.exists():
-            shutil.rmtree(root)
-        for g in result.by_tier(tier):
-            folder = root / f"group_{g.id}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for k, m in enumerate(g.members):
-                name = _member_file_name(m)
-                target = folder / (f"rep_{name}" if k == 0 else f"sim_{m.similarity:.3f}_{name}")
-                source = data_dir / m.crop_path if m.crop_path else None
-                if source and source.is_file():
-                    shutil.copyfile(source, target)
-        if root.exists():
-            written.append(root)
-    unique_dir = out_dir / "unique"
-    unique_dir.mkdir(parents=True, exist_ok=True)
-    path = unique_dir / "unique.csv"
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["point_id", "factory", "product_id", "photo_path"])
-        writer.writeheader()
-        writer.writerows(result.ungrouped)
-    return written + [path]
-
-
-def _write_collages(result: ClusterResult, out_dir: Path, data_dir: Path, top: int) -> list[Path]:
-    """One contact sheet per group (DIR/collages/<id>.jpg) and an overview of the largest."""
-    from PIL import Image, ImageDraw
-
-    folder = out_dir / "collages"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    cell, pad, caption = 160, 6, 30
-
-    def thumb(member) -> Image.Image:
-        source = data_dir / member.crop_path if member.crop_path else None
-        tile = Image.new("RGB", (cell, cell), (235, 235, 235))
-        if source and source.is_file():
-            with Image.open(source) as img:
-                img = img.convert("RGB")
-                img.thumbnail((cell, cell))
-                tile.paste(img, ((cell - img.width) // 2, (cell - img.height) // 2))
-        return tile
-
-    def sheet(members, title: str, columns: int = 6) -> Image.Image:
-        rows = -(-len(members) // columns)
-        width = columns * (cell + pad) + pad
-        img = Image.new("RGB", (width, 28 + rows * (cell + caption + pad) + pad), "white")
-        draw = ImageDraw.Draw(img)
-        draw.text((pad, 8), title, fill=(0, 0, 0))
-        for k, m in enumerate(members):
-            x = pad + (k % columns) * (cell + pad)
-            y = 28 + (k // columns) * (cell + caption + pad)
-            img.paste(thumb(m), (x, y))
-            if k == 0 and title:
-                draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(220, 30, 30), width=3)
-            draw.text((x, y + cell + 2), f"{m.factory[:22]} {m.product_id[:14]}", fill=(0, 0, 0))
-            draw.text((x, y + cell + 15), "representative" if k == 0 else f"sim {m.similarity:.3f}", fill=(90, 90, 90))
-        return img
-
-    written = []
-    for g in result.groups:
-        path = folder / f"{g.tier}_{g.id}.jpg"
-        sheet(g.members[:48], f"{g.tier} group {g.id}: {len(g.members)} members, "
-                              f"min sim {g.min_similarity:.3f}, factories {', '.join(g.factories)}").save(path, quality=85)
-        written.append(path)
-    largest = sorted((g for g in result.groups if g.tier != "identical"), key=lambda g: -len(g.members))[:top]
-    if largest:
-        overview = sheet([g.representative for g in largest], f"largest {len(largest)} groups (representatives)")
-        path = folder / "overview.jpg"
-        overview.save(path, quality=85)
-        written.append(path)
-    return written

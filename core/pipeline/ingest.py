@@ -36,7 +36,8 @@ from core.store.base import Store, StoredPoint, check_model
 from core.store.diskspace import DEFAULT_MIN_FREE_MB, require_free_space, writing
 from core.vision.detector import Detector
 from core.vision.embedder import Embedder, text_model_of
-from core.vision.images import PixelBudget, expand_box, file_sha256, read_photo, save_thumbnail
+from core.vision.crops import model_inputs, prepare_crop
+from core.vision.images import PixelBudget, file_sha256, read_photo, save_thumbnail
 
 # Past this many points the embedded store builds its HNSW index after an ingest run.
 OPTIMIZE_MIN_POINTS = 20_000
@@ -328,8 +329,7 @@ class IngestService:
                 payloads.append((pid, computed.to_payload(item.source.extras)))
 
         # Thumbnails show the crop as photographed; the model sees it without background if asked.
-        to_embed = self.background_remover.remove(crops) if self.background_remover else crops
-        vectors = self.embedder.embed_images(to_embed)
+        vectors = self.embedder.embed_images(model_inputs(crops, self.background_remover))
         if len(vectors) != len(crops):
             raise RuntimeError(f"the embedder returned {len(vectors)} vectors for {len(crops)} crops")
         return _Processed(photos, crops, payloads, vectors)
@@ -337,11 +337,11 @@ class IngestService:
     def _crops(self, img, found: list[Detection]):
         """(crop image, detection or None, box or None) for each shoe; the whole photo if none."""
         if not found:
-            yield img, None, None
+            yield prepare_crop(img, None, self.crop_margin)[0], None, None
             return
         for detection in found:
-            box = expand_box(detection.box, self.crop_margin, img.width, img.height)
-            yield img.crop(box), detection, box
+            crop, box = prepare_crop(img, detection.box, self.crop_margin)
+            yield crop, detection, box
 
     def _drop_replaced(self, items: Sequence[_Hashed]) -> None:
         by_path = {path_text(i.source.path): i for i in items}

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import csv
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.domain.types import CropPayload
 from core.duplicates.groups import Items
 from core.duplicates.service import load_items
 from core.errors import BadImage, EmptyIndex, ShoeSearchError
@@ -23,11 +24,11 @@ from core.vision.embedder import Embedder
 from core.vision.images import load_photo
 
 
-def _labels(items: Items) -> tuple[list[str], list[str], list[str]]:
-    products = [f"{p.get('factory', '')}/{p.get('product_id', '')}" for p in items.payloads]
-    photos = [f"{p.get('factory', '')}/{p.get('photo_sha256') or p.get('photo_path')}" for p in items.payloads]
-    factories = [str(p.get("factory", "")) for p in items.payloads]
-    return products, photos, factories
+def item_labels(items: Items) -> tuple[list[str], list[str], list[str]]:
+    """Per crop: its product ('factory/product_id'), its photo ('factory/sha256') and its factory
+    (what evaluation and `ingest tune` score relevance by)."""
+    crops = [CropPayload.from_payload(p) for p in items.payloads]
+    return [c.product for c in crops], [c.photo for c in crops], [c.factory for c in crops]
 
 
 def read_queries(path: Path) -> list[tuple[str, str, str | None]]:
@@ -67,18 +68,12 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
 def labels_from_pairs(items: Items, pairs: Sequence[tuple[str, str]]) -> list[str]:
     """Relevance labels from user pairs: photos linked (transitively) share a label; every other
     crop gets a label of its own (a distractor, never a query)."""
-    parent: dict[str, str] = {}
+    from core.duplicates.components import UnionFind
 
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    linked = UnionFind()
     for a, b in pairs:
-        parent[find(a)] = find(b)
-    return [f"pair:{find(p['photo_path'])}" if p.get("photo_path") in parent else f"own:{pid}"
+        linked.union(a, b)
+    return [f"pair:{linked.find(p['photo_path'])}" if p.get("photo_path") in linked.parent else f"own:{pid}"
             for pid, p in zip(items.ids, items.payloads)]
 
 
@@ -87,7 +82,7 @@ def evaluate_vectors(items: Items, embedder: Embedder | None = None,
                      pairs: Sequence[tuple[str, str]] = ()) -> dict[str, Evaluation]:
     """Leave-one-out photo retrieval on `items` (relevance: same product, or linked by `pairs`),
     and text queries if any (needs `embedder`)."""
-    products, photos, factories = _labels(items)
+    products, photos, factories = item_labels(items)
     if pairs:
         products = labels_from_pairs(items, pairs)
     out = {"photo": leave_one_out(items.vectors, products, photos, factories)}
@@ -96,7 +91,7 @@ def evaluate_vectors(items: Items, embedder: Embedder | None = None,
             raise ShoeSearchError("text queries need the CLIP model")
         vectors = embedder.embed_texts([q[0] for q in queries])
         with_factory = any(q[2] for q in queries)
-        labels = _labels(items)[0] if with_factory else [str(p.get("product_id", "")) for p in items.payloads]
+        labels = item_labels(items)[0] if with_factory else [CropPayload.from_payload(p).product_id for p in items.payloads]
         wanted = [f"{q[2]}/{q[1]}" if with_factory else q[1] for q in queries]
         out["text"] = text_queries(vectors, wanted, items.vectors, labels, [q[2] or "all" for q in queries])
     return out
@@ -105,7 +100,7 @@ def evaluate_vectors(items: Items, embedder: Embedder | None = None,
 def sample_items(items: Items, limit: int, seed: int = 0) -> Items:
     """Up to `limit` crops, whole products at a time (products with >= 2 photos first)."""
     by_product: dict[str, list[int]] = {}
-    products, photos, _ = _labels(items)
+    products, photos, _ = item_labels(items)
     for i, product in enumerate(products):
         by_product.setdefault(product, []).append(i)
     useful = [ids for ids in by_product.values() if len({photos[i] for i in ids}) > 1]
@@ -158,3 +153,33 @@ def compare_models(store: Store, models: Sequence[str], make_embedder: Callable[
             results["models"][label] = {kind: e.to_dict() for kind, e in evaluation.items()}
             results["models"][label]["_evaluations"] = evaluation
     return results
+
+
+def labels_from_links(items: Items, links: Mapping[str, Sequence[str]]) -> list[str]:
+    """Relevance labels from products linked across factories (`core.duplicates.review.linked_products`):
+    crops of linked products share their group's label, every other crop keeps its product's."""
+    products = item_labels(items)[0]
+    return [f"linked:{links[p][0]}" if p in links else p for p in products]
+
+
+def evaluate_links(items: Items, links: Mapping[str, Sequence[str]]) -> dict[str, Evaluation]:
+    """Leave-one-out photo retrieval with the product links as relevance:
+
+    - `photo`: a crop's relevant set is its own product's other photos plus every crop of the
+      products linked to it (in other factories);
+    - `cross_factory`: queries are crops of linked products, relevant are the crops of the
+      *other* products of the link group; the query's own product is left out of the ranking
+      (neither relevant nor counted), so this measures finding the same shoe sold elsewhere.
+
+    Raises ShoeSearchError when no two products of one link group are among the evaluated crops."""
+    products, photos, factories = item_labels(items)
+    labels = labels_from_links(items, links)
+    present: dict[str, set[str]] = {}
+    for label, product in zip(labels, products):
+        if product in links:
+            present.setdefault(label, set()).add(product)
+    if not any(len(found) > 1 for found in present.values()):
+        raise ShoeSearchError(f"no two of the {len(links)} linked products are among the evaluated crops "
+                              f"(a --factory filter leaving out the factories they are linked to?)")
+    return {"photo": leave_one_out(items.vectors, labels, photos, factories),
+            "cross_factory": leave_one_out(items.vectors, labels, products, factories)}

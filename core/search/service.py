@@ -2,23 +2,27 @@
 
 Also photo + words (`core.search.query_mix`: one formula) and like / dislike refinement (the store's
 recommend query over the liked and disliked crops' stored vectors).
+
+Every query can collapse products linked across factories in the review (`collapse_linked`): the
+results of one link group become one result, its best crop, listing the group's other products
+(`Hit.linked`: "also sold as factory_b/B-77"). That happens here, for the CLI, the UI and the API.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.domain.types import Detection, Hit
+from core.domain.types import Detection, Hit, LinkedProduct
 from core.errors import EmptyIndex, ShoeSearchError
 from core.search.query_mix import Term, mix
 from core.store.base import RECOMMEND_STRATEGIES, Store, Where, check_model
+from core.vision.crops import model_inputs, prepare_crop
 from core.vision.detector import Detector, NoDetector
 from core.vision.embedder import Embedder, QueryText, text_model_of
-from core.vision.images import expand_box
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -67,19 +71,74 @@ def build_where(factories: Sequence[str] | None = None, product_ids: Sequence[st
 
 
 MAX_EXAMPLES = 64  # liked + disliked crops in one refinement
+COLLAPSE_OVERFETCH = 4  # collapsing linked products asks the store for this many times top-k crops first
+COLLAPSE_MAX_FETCH = 1000  # ... and for more, up to this many, while fewer than top-k results remain
+# 'factory/product_id' -> every product of its link group (core.duplicates.review.linked_products)
+ProductLinks = Mapping[str, Sequence[str]]
+
+
+def collapse_linked(hits: Sequence[Hit], links: ProductLinks) -> list[Hit]:
+    """One result per group of linked products: the group's best hit (`hits` are best first) stays
+    where it ranks, with the group's other products in `linked` (best first; each with its best
+    crop among `hits`, or no score when none was hit); the group's later hits are folded into it.
+    Hits of products linked to nothing are kept as they are."""
+    kept: list[Hit] = []
+    first: dict[str, int] = {}  # link group -> where its result is in `kept`
+    best: dict[str, dict[str, Hit]] = {}  # link group -> product -> its best hit
+    for hit in hits:
+        name = f"{hit.factory}/{hit.product_id}"
+        group = links.get(name)
+        if not group:
+            kept.append(hit)
+            continue
+        if group[0] not in first:
+            first[group[0]] = len(kept)
+            kept.append(hit)
+        best.setdefault(group[0], {}).setdefault(name, hit)
+    for group_id, at in first.items():
+        hit = kept[at]
+        own = f"{hit.factory}/{hit.product_id}"
+        others = []
+        for name in links[own]:
+            if name != own:
+                found = best[group_id].get(name)
+                factory, _, product = name.partition("/")
+                others.append(LinkedProduct(factory, product, found.score if found else None,
+                                            found.point_id if found else None))
+        others.sort(key=lambda p: (p.score is None, -(p.score or 0.0), p.name))
+        kept[at] = replace(hit, linked=tuple(others))
+    return kept
 
 
 class SearchService:
     """Text, photo and more-like-this queries against one collection."""
 
     def __init__(self, store: Store, embedder: Embedder, detector: Detector | None = None,
-                 crop_margin: float = 0.08, head_index=None, background_remover=None) -> None:
+                 crop_margin: float = 0.08, head_index=None, background_remover=None,
+                 product_links: Callable[[], ProductLinks] | None = None) -> None:
         self.store = store
+        # The review's product links, read at each collapsing query (so a link made a moment ago counts).
+        self.product_links = product_links or dict
         self.embedder = embedder
         self.detector = detector or NoDetector()
         self.crop_margin = crop_margin
         self.head_index = head_index  # photo queries through a tuned head; text stays raw
         self.background_remover = background_remover  # the same treatment as the indexed crops
+
+    def _top(self, run: Callable[[int], list[Hit]], top_k: int, collapse: bool) -> list[Hit]:
+        """`run(limit)`'s hits; with `collapse`, linked products collapsed (`collapse_linked`), asking
+        the store for more crops while fewer than `top_k` results remain and it has more."""
+        links = self.product_links() if collapse else None
+        if not links:
+            return run(top_k)
+        cap = max(COLLAPSE_MAX_FETCH, top_k)
+        limit = min(top_k * COLLAPSE_OVERFETCH, cap)
+        while True:
+            hits = run(limit)
+            kept = collapse_linked(hits, links)
+            if len(kept) >= top_k or len(hits) < limit or limit >= cap:
+                return kept[:top_k]
+            limit = min(limit * 4, cap)
 
     def _photo_query(self, raw_vector, where, top_k, min_score) -> list[Hit]:
         if self.head_index is not None:
@@ -94,12 +153,13 @@ class SearchService:
                     text_model_of(self.embedder))
 
     def search_vector(self, vector, where: Where | None = None, top_k: int = 10,
-                      min_score: float | None = None) -> list[Hit]:
+                      min_score: float | None = None, collapse_linked: bool = False) -> list[Hit]:
         self._check_ready()
-        return self.store.query(vector, where=where, limit=top_k, score_threshold=min_score)
+        return self._top(lambda k: self.store.query(vector, where=where, limit=k, score_threshold=min_score),
+                         top_k, collapse_linked)
 
     def search_text(self, text: str, where: Where | None = None, top_k: int = 10,
-                    min_score: float | None = None) -> TextHits:
+                    min_score: float | None = None, collapse_linked: bool = False) -> TextHits:
         """Hits for a description. A text over the model's token limit (CLIP: 77) is searched by
         its start; the result says so (`truncated`, `notice`)."""
         if not text or not text.strip():
@@ -107,36 +167,35 @@ class SearchService:
         self._check_ready()
         query = self.embedder.fit_text(text)
         vector = self.embedder.embed_texts([query.text])[0]
-        return TextHits(self.store.query(vector, where=where, limit=top_k, score_threshold=min_score), query)
+        return TextHits(self._top(lambda k: self.store.query(vector, where=where, limit=k, score_threshold=min_score),
+                                  top_k, collapse_linked), query)
 
     def query_crops(self, image: Image.Image) -> list[QueryCrop]:
         """Shoes detected in a query photo (most confident first), then the whole photo."""
-        found = self.detector.detect([image])[0]
-        crops = [
-            QueryCrop(image.crop(expand_box(d.box, self.crop_margin, image.width, image.height)), d)
-            for d in sorted(found, key=lambda d: -d.confidence)
-        ]
-        return crops + [QueryCrop(image, None)]
+        whole, _ = prepare_crop(image, None, self.crop_margin)  # as ingest prepares crops (core.vision.crops)
+        found = self.detector.detect([whole])[0]
+        crops = [QueryCrop(prepare_crop(whole, d.box, self.crop_margin)[0], d)
+                 for d in sorted(found, key=lambda d: -d.confidence)]
+        return crops + [QueryCrop(whole, None)]
 
     def search_image(self, image: Image.Image, where: Where | None = None, top_k: int = 10,
-                     min_score: float | None = None, words: Sequence[Term] = ()) -> list[Hit]:
+                     min_score: float | None = None, words: Sequence[Term] = (),
+                     collapse_linked: bool = False) -> list[Hit]:
         """Search with a photo region as it is (pick one from `query_crops` first if needed);
         with `words`, the photo plus those modifiers (`core.search.query_mix`)."""
         self._check_ready()
-        if self.background_remover is not None:
-            image = self.background_remover.remove([image])[0]
-        vector = self.embedder.embed_images([image])[0]
+        vector = self.embedder.embed_images(model_inputs([image], self.background_remover))[0]
         if words:
-            return self._words_query(vector, words, where, top_k, min_score)
-        return self._photo_query(vector, where, top_k, min_score)
+            return self._top(lambda k: self._words_query(vector, words, where, k, min_score), top_k, collapse_linked)
+        return self._top(lambda k: self._photo_query(vector, where, k, min_score), top_k, collapse_linked)
 
     def search_words(self, words: Sequence[Term], where: Where | None = None, top_k: int = 10,
-                     min_score: float | None = None) -> list[Hit]:
+                     min_score: float | None = None, collapse_linked: bool = False) -> list[Hit]:
         """Words only, several of them weighted (the first usually at 1: the description itself)."""
         if not words:
             raise ShoeSearchError("Type a description to search for, e.g. 'white leather high-top sneaker'.")
         self._check_ready()
-        return self._words_query(None, words, where, top_k, min_score)
+        return self._top(lambda k: self._words_query(None, words, where, k, min_score), top_k, collapse_linked)
 
     def _words_query(self, base, words: Sequence[Term], where, top_k, min_score,
                      leave_out: frozenset[str] = frozenset()) -> list[Hit]:
@@ -149,7 +208,7 @@ class SearchService:
 
     def more_like_this(self, point_id: str, where: Where | None = None, top_k: int = 10,
                        min_score: float | None = None, include_self: bool = False,
-                       words: Sequence[Term] = ()) -> list[Hit]:
+                       words: Sequence[Term] = (), collapse_linked: bool = False) -> list[Hit]:
         """Search with a stored point's own vector (no model needed, unless `words` modify it).
 
         The point itself would always be hit 1 (similarity 1.0), which tells a person nothing,
@@ -158,12 +217,13 @@ class SearchService:
         [found] = self._stored_vectors([point_id])
         if words:
             self._check_ready()
-            return self._words_query(found.vector, words, where, top_k, min_score,
-                                     frozenset() if include_self else frozenset({found.id}))
+            leave_out = frozenset() if include_self else frozenset({found.id})
+            return self._top(lambda k: self._words_query(found.vector, words, where, k, min_score, leave_out),
+                             top_k, collapse_linked)
         if include_self:
-            return self._photo_query(found.vector, where, top_k, min_score)
-        hits = self._photo_query(found.vector, where, top_k + 1, min_score)
-        return [h for h in hits if h.point_id != found.id][:top_k]
+            return self._top(lambda k: self._photo_query(found.vector, where, k, min_score), top_k, collapse_linked)
+        return self._top(lambda k: [h for h in self._photo_query(found.vector, where, k + 1, min_score)
+                                    if h.point_id != found.id][:k], top_k, collapse_linked)
 
     def _stored_vectors(self, point_ids: Sequence[str]) -> list:
         """The stored points (with raw vectors) of `point_ids`, in order; a bad or unknown id is
@@ -181,7 +241,8 @@ class SearchService:
         return [found[p] for p in ids]
 
     def refine(self, liked: Sequence[str] = (), disliked: Sequence[str] = (), where: Where | None = None,
-               top_k: int = 10, min_score: float | None = None, strategy: str | None = None) -> list[Hit]:
+               top_k: int = 10, min_score: float | None = None, strategy: str | None = None,
+               collapse_linked: bool = False) -> list[Hit]:
         """Crops like the `liked` ones and unlike the `disliked` ones (ids of indexed crops), the
         examples themselves left out; the store's recommend query over their stored vectors.
 
@@ -215,9 +276,13 @@ class SearchService:
         if min_score is not None and strategy == "best_score":
             threshold = 0.5 * (min_score / (1 + abs(min_score)) + 1)
         examples = {p.id for p in points}
-        hits = store.recommend(vectors[:len(liked)], vectors[len(liked):], where=where,
-                               limit=top_k + len(examples), score_threshold=threshold, strategy=strategy)
-        return [h for h in hits if h.point_id not in examples][:top_k]
+
+        def run(k: int) -> list[Hit]:
+            hits = store.recommend(vectors[:len(liked)], vectors[len(liked):], where=where,
+                                   limit=k + len(examples), score_threshold=threshold, strategy=strategy)
+            return [h for h in hits if h.point_id not in examples][:k]
+
+        return self._top(run, top_k, collapse_linked)
 
     def stats(self) -> dict[str, Any]:
         return index_stats(self.store)

@@ -1,15 +1,23 @@
-"""The Store contract: what the services need from a vector store, and what both backends share.
+"""The Store contract: what the services need from a vector store, and what every backend shares.
 
-One contract (`Store`), two backends (core/store/edge.py, core/store/qdrant.py):
-- `EdgeStore`: Qdrant's own engine in process (qdrant-edge-py), the embedded default under
-  DATA_DIR. Edge has no lock of its own and a second process opening a live shard breaks it,
-  so the store holds an exclusive file lock for as long as it is open. Edge maps its files into
-  memory: on a full disk a write dies by SIGBUS, so each write first checks MIN_FREE_DISK_MB;
-  Edge cannot open read-only files, so a read-only store is read from a private copy.
-- `QdrantClientStore`: qdrant-client against a Qdrant server (`QDRANT_URL`), or against
-  qdrant-client's local mode (same API, used by the tests).
+Here: the `Store` protocol, its value types (`CollectionInfo`, `StoredPoint`, the `Where` filter
+with `Contains`), the collection's constants (vector name, schema version, indexed payload keys,
+exact-query limit) and helpers the backends share (`check_model`, `average_vector`, filters as
+a backend's conditions, records as StoredPoints). The backends, each a module of this package:
+- core/store/edge.py, `EdgeStore`: Qdrant's own engine in process (qdrant-edge-py), the
+  embedded default under DATA_DIR; core/store/lock.py keeps a second process out of it and
+  core/store/diskspace.py keeps a write off a full disk.
+- core/store/qdrant.py, `QdrantClientStore`: qdrant-client against a Qdrant server or cluster
+  (`QDRANT_URL`), or qdrant-client's local mode (same API, used by the tests).
+- core/store/host.py, `RemoteStore`: an embedded store held by another process (a search UI
+  serving it), reached through that process.
+core/store/transfer.py and core/store/migrate.py copy points between any two of them.
 
-Edge's HNSW also misses neighbours unfiltered (recall@10 0.66 measured at 100k synthetic
+Backend differences are parts of the contract, not type checks: `servable` (this process holds
+the store itself, so a search UI can serve it), `holder` (the process a store is reached
+through) and `beside(collection)` (another collection in the same place, reached the same way).
+
+Edge's HNSW misses neighbours even unfiltered (recall@10 0.66 measured at 100k synthetic
 512-d points), so queries run exact up to EXACT_QUERY_MAX_POINTS (about 20 ms at 100k on
 2 cores) and use HNSW with a large ef only beyond.
 
@@ -75,7 +83,13 @@ class Store(Protocol):
 
     location: str
     collection: str
+    servable: bool  # held by this process itself (embedded): a search UI can serve it to others (host.py)
+    holder: str | None  # the process this store is reached through (a search UI serving it); None if none
 
+    def beside(self, collection: str, write: bool = False) -> Store:
+        """Another collection in the same place, reached the same way (the projection head's index);
+        `write`: the caller will write to it."""
+        ...
     def info(self) -> CollectionInfo | None: ...
     def ensure_collection(self, model: str, dimension: int, text_model: str | None = None) -> CollectionInfo:
         """The collection's record, made on first use (with `text_model`, "" when None); an existing

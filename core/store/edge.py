@@ -1,4 +1,15 @@
-"""EdgeStore: Qdrant's own engine in process (qdrant-edge-py), the embedded default under DATA_DIR."""
+"""EdgeStore: Qdrant's own engine in process (qdrant-edge-py), the embedded default under DATA_DIR.
+
+One Edge shard per collection in `DATA_DIR/qdrant-edge/<collection>/`, its model record beside
+it in `<collection>.json`. Edge has no lock of its own and a second process opening a live shard
+breaks it, so the store holds core/store/lock.py's exclusive lock for as long as it is open
+(a search UI holding it serves it to other processes: core/store/host.py). Edge maps its files
+into memory, so on a full disk a write would die by SIGBUS: each write first checks
+MIN_FREE_DISK_MB (core/store/diskspace.py). Edge cannot open read-only files, so a read-only
+store (or one on a disk below the margin) is read from a private sparse copy. Unless told
+otherwise (`exact=False`), queries run exact up to EXACT_QUERY_MAX_POINTS, filtered ones always
+(Edge's HNSW misses hits).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +41,7 @@ from core.store.base import (
     check_model,
 )
 from core.store.diskspace import DEFAULT_MIN_FREE_MB, free_mb, is_read_only_error, require_free_space
-from core.store.lock import _copy_sparse, _ProcessLock, _ReadLock
+from core.store.lock import ProcessLock, ReadLock, copy_sparse
 
 
 class EdgeStore:
@@ -57,18 +68,19 @@ class EdgeStore:
         self.meta_path = self.directory / f"{collection}.json"
         self.location = f"embedded store {self.shard_dir}"
         self.min_free_mb = min_free_mb
+        self.lock_wait = lock_wait
         self.read_only = False
         self._copy: Path | None = None  # the private copy a read-only or full-disk store is read from
         self._lock = threading.RLock()
         self._info: CollectionInfo | None = None  # the record never changes once written
         try:
-            self._process_lock = _ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
+            self._process_lock = ProcessLock(self.directory / f"{collection}.lock", str(self.shard_dir),
                                               wait=lock_wait, on_wait=on_wait, while_busy=while_busy)
         except OSError as exc:
             if not is_read_only_error(exc):
                 raise
             self.read_only = True
-            self._process_lock = _ReadLock(self.directory / f"{collection}.lock", str(self.shard_dir))
+            self._process_lock = ReadLock(self.directory / f"{collection}.lock", str(self.shard_dir))
         self._shard = None
         try:
             if self.meta_path.exists():
@@ -85,7 +97,7 @@ class EdgeStore:
         if copy:
             try:
                 self._copy = Path(tempfile.mkdtemp(prefix=f"shoe-search-readonly-{self.collection}-"))
-                _copy_sparse(self.shard_dir, self._copy / self.collection)
+                copy_sparse(self.shard_dir, self._copy / self.collection)
                 path = self._copy / self.collection
             except OSError as exc:
                 self._discard_copy()
@@ -103,6 +115,17 @@ class EdgeStore:
         if self._copy is not None:
             shutil.rmtree(self._copy, ignore_errors=True)
             self._copy = None
+
+    servable = True  # this process holds it: a search UI serves it to other processes
+    holder = None
+
+    def beside(self, collection: str, write: bool = False):
+        """`collection` under the same folder, opened as this one was (reached through its holder
+        when a search UI serves it)."""
+        from core.store.host import open_embedded
+
+        return open_embedded(self.directory, collection, wait=self.lock_wait, write=write,
+                             min_free_mb=self.min_free_mb)
 
     def check_writable(self, doing: str = "writing to the index", extra_mb: float = 0) -> None:
         if self.read_only:

@@ -1,9 +1,9 @@
 """One embedded store, several processes: the process holding it serves it to the others.
 
-Qdrant Edge lets one process open a shard (store.py holds a lock for that). The search UI holds
-the store for as long as it runs, so it also serves the store to other processes of the same
-user: `StoreHost` adds a few routes to the UI's own web server, and `RemoteStore` implements
-the `Store` contract over them. A CLI command that finds the store held by a serving UI runs
+Qdrant Edge lets one process open a shard (EdgeStore holds core/store/lock.py's lock for that).
+The search UI holds the store for as long as it runs, so it also serves the store to other
+processes of the same user: `StoreHost` adds a few routes to the UI's own web server, and
+`RemoteStore` implements the `Store` contract over them. A CLI command that finds the store held by a serving UI runs
 its usual code with a `RemoteStore` instead of an `EdgeStore`: the same service calls, progress
 bars, output and exit codes, only the store operations travel (one code path, nothing to drift).
 
@@ -579,18 +579,36 @@ class HostLink:
 class RemoteStore:
     """The Store contract, answered by the process that holds the embedded store."""
 
-    def __init__(self, link: HostLink, collection: str, location: str, owns_link: bool = True) -> None:
+    servable = False  # held by another process
+
+    def __init__(self, link: HostLink, collection: str, location: str, owns_link: bool = True,
+                 directory: Path | None = None, lock_wait: float = 0.0, min_free_mb: int | None = None) -> None:
+        """`directory`, `lock_wait`, `min_free_mb`: how open_embedded was asked for it (for `beside`)."""
         self.link = link
         self.collection = collection
         self.location = location  # the holder's own words: output reads as if run locally
         self._owns_link = owns_link
         self._info: CollectionInfo | None = None
+        self._opening = (directory, lock_wait, min_free_mb)
+
+    @property
+    def holder(self) -> str:
+        return self.link.what
+
+    def beside(self, collection: str, write: bool = False) -> Store:
+        """`collection` in the same folder: through the same connection when the holder serves it
+        too, else opened here (open_embedded)."""
+        directory, wait, min_free_mb = self._opening
+        if directory is None:
+            raise ValueError("beside() needs a RemoteStore from open_embedded (it knows the folder)")
+        return open_embedded(directory, collection, wait=wait, write=write, min_free_mb=min_free_mb, link=self.link)
 
     @classmethod
     def connect(cls, host: HostRecord, collection: str, write: bool = False, wait: float = 0.0,
-                on_wait=None, link: HostLink | None = None, said_wait: float | None = None) -> RemoteStore:
+                on_wait=None, link: HostLink | None = None, said_wait: float | None = None,
+                directory: Path | None = None, lock_wait: float = 0.0, min_free_mb: int | None = None) -> RemoteStore:
         """Reach `collection` on `host` (reusing `link` when it goes to the same holder); with
-        `write`, take the write lease first."""
+        `write`, take the write lease first. `directory`, `lock_wait`, `min_free_mb`: see __init__."""
         owns = link is None or link.host != host
         if owns:
             link = HostLink(host)
@@ -606,7 +624,8 @@ class RemoteStore:
             if owns:
                 link.close()
             raise
-        return cls(link, collection, served[collection], owns_link=owns)
+        return cls(link, collection, served[collection], owns_link=owns, directory=directory, lock_wait=lock_wait,
+                   min_free_mb=min_free_mb)
 
     def info(self) -> CollectionInfo | None:
         if self._info is None:  # once it exists, a collection's record never changes
@@ -679,12 +698,13 @@ class RemoteStore:
 
 
 def open_embedded(directory: Path, collection: str, wait: float = 0.0, on_wait=None, write: bool = False,
-                  beside: Store | None = None, min_free_mb: int | None = None) -> Store:
+                  link: HostLink | None = None, min_free_mb: int | None = None) -> Store:
     """The embedded store: opened here when free, reached through its holder when that holder
     serves it (the search UI), waited for (up to `wait` seconds) otherwise.
 
     `write`: the command will write, so it takes the holder's write lease (waited for like the
-    lock). `beside`: a store already open for this command; a RemoteStore's connection is shared."""
+    lock). `link`: a connection this command already has (RemoteStore.beside), shared when it goes
+    to the same holder."""
     started = time.monotonic()
 
     def while_busy() -> None:
@@ -697,11 +717,5 @@ def open_embedded(directory: Path, collection: str, wait: float = 0.0, on_wait=N
         return EdgeStore(directory, collection, lock_wait=wait, on_wait=on_wait, while_busy=while_busy, **margin)
     except _Served as served:
         left = max(0.0, wait - (time.monotonic() - started))
-        link = beside.link if isinstance(beside, RemoteStore) else None
         return RemoteStore.connect(served.host, collection, write=write, wait=left, on_wait=on_wait, link=link,
-                                   said_wait=wait)
-
-
-def is_remote(store: Store) -> bool:
-    """Whether `store` is reached through the process that holds it."""
-    return isinstance(store, RemoteStore)
+                                   said_wait=wait, directory=directory, lock_wait=wait, min_free_mb=min_free_mb)

@@ -14,7 +14,7 @@ from pathlib import Path
 from core.errors import StoreLocked
 
 
-class _ProcessLock:
+class ProcessLock:
     """An exclusive flock on a file that records who holds it.
 
     The kernel drops a flock when its process dies (even by kill -9), so a crash never
@@ -80,7 +80,7 @@ class _ProcessLock:
             self._fd = -1
 
 
-class _ReadLock:
+class ReadLock:
     """A shared flock on an existing lock file, for reading a store we cannot write: it waits
     for no one, but a writer (who wants it exclusive) cannot start while we read."""
 
@@ -104,7 +104,7 @@ class _ReadLock:
             self._fd = -1
 
 
-def _copy_sparse(source: Path, target: Path) -> None:
+def copy_sparse(source: Path, target: Path) -> None:
     """Copy a folder tree keeping holes as holes (Edge's files are mostly unwritten space)."""
     for root, _, files in os.walk(source):
         folder = target / Path(root).relative_to(source)

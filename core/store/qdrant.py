@@ -1,4 +1,12 @@
-"""QdrantClientStore: qdrant-client against a Qdrant server or cluster (QDRANT_URL), or its local mode."""
+"""QdrantClientStore: qdrant-client against a Qdrant server or cluster (QDRANT_URL), or its local mode.
+
+Failures are told apart by qdrant-client's, httpx's and grpc's own exception types: a write that
+failed for a transient reason (no answer, a timeout, 408/429/5xx, gRPC UNAVAILABLE) is retried
+with backoff, anything else is raised at once; connecting tells a refused API key (401/403)
+from an unreachable server, each in one line. `ServerCollectionConfig` carries the QDRANT_*
+layout (shards, replicas, tenant index, quantization) and search settings. Whether the client
+runs in local mode (no concurrent writes during reads there) is known from how it was made.
+"""
 
 from __future__ import annotations
 
@@ -27,15 +35,81 @@ from core.store.base import (
 )
 
 
-def _is_transient(exc: Exception) -> bool:
-    """Errors worth a retry: the connection failed, timed out, or the server was busy."""
-    status = getattr(exc, "status_code", None)
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # timeout, busy, overloaded, restarting
+
+
+def _grpc_status(exc: BaseException):
+    """The status code of a gRPC call that failed (a client with prefer_grpc), else None."""
+    import grpc
+
+    code = getattr(exc, "code", None) if isinstance(exc, grpc.RpcError) else None
+    return code() if callable(code) else None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Errors worth a retry: the connection failed or timed out, or the server was busy.
+
+    qdrant-client raises UnexpectedResponse for an answer with an error status, and
+    ResponseHandlingException around what went wrong before an answer (httpx's transport
+    errors) or while reading it (a malformed answer: not transient); gRPC raises RpcError."""
+    import grpc
+    import httpx
+    from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in TRANSIENT_STATUS
+    if isinstance(exc, ResourceExhaustedResponse):  # 429 with Retry-After
+        return True
+    if isinstance(exc, ResponseHandlingException):
+        return _is_transient(exc.source)
+    status = _grpc_status(exc)
     if status is not None:
-        return status in (408, 429, 500, 502, 503, 504)
-    name = type(exc).__name__
-    return name in {"ResponseHandlingException", "ConnectError", "ReadTimeout", "WriteTimeout", "ConnectTimeout",
-                    "RemoteProtocolError", "TimeoutException", "ConnectionError", "TimeoutError"} \
-        or isinstance(exc, (ConnectionError, TimeoutError))
+        return status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                          grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
+    return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
+
+
+def _is_refused_key(exc: BaseException) -> bool:
+    """The server answered that the API key is missing or wrong (HTTP 401/403, gRPC UNAUTHENTICATED)."""
+    import grpc
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in (401, 403)
+    return _grpc_status(exc) in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def _is_missing_collection(exc: BaseException, local: bool) -> bool:
+    """The collection is gone: a server answers 404 (gRPC NOT_FOUND); local mode raises ValueError."""
+    import grpc
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code == 404
+    if _grpc_status(exc) == grpc.StatusCode.NOT_FOUND:
+        return True
+    return local and isinstance(exc, ValueError) and "not found" in str(exc).lower()
+
+
+def _error_text(exc: BaseException) -> str:
+    """The error in one line: a server's status and its own error text, else the error's words."""
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    text = str(exc)
+    if isinstance(exc, UnexpectedResponse):  # its str() adds the raw body on further lines
+        try:
+            detail = exc.structured()["status"]["error"]
+        except Exception:
+            detail = ""
+        text = f"{exc.status_code} {exc.reason_phrase} {detail}"
+    return " ".join(text.split())
+
+
+def is_local_client(client) -> bool:
+    """Whether a QdrantClient runs in local mode (":memory:" or a path), from its public init_options."""
+    options = client.init_options
+    return options.get("location") == ":memory:" or options.get("path") is not None
 
 
 @dataclass(frozen=True)
@@ -119,7 +193,9 @@ class QdrantClientStore:
 
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
-    def __init__(self, client, collection: str, location: str, config: ServerCollectionConfig | None = None) -> None:
+    def __init__(self, client, collection: str, location: str, config: ServerCollectionConfig | None = None,
+                 local: bool | None = None) -> None:
+        """`local`: the client runs qdrant-client's local mode (None: read from the client's init_options)."""
         self.client = client
         self.collection = collection
         self.location = location
@@ -127,8 +203,9 @@ class QdrantClientStore:
         # Known once the collection exists (its model and size never change): a search then costs
         # one request, not three. Forgotten if the collection vanishes (see `_read`).
         self._info: CollectionInfo | None = None
+        self.local = is_local_client(client) if local is None else local
         # qdrant-client's local mode is not safe for writes during reads; a server is.
-        self._lock = threading.RLock() if client._client.__class__.__name__ == "QdrantLocal" else contextlib.nullcontext()
+        self._lock = threading.RLock() if self.local else contextlib.nullcontext()
 
     @classmethod
     def connect(cls, url: str, api_key: str, collection: str,
@@ -140,8 +217,7 @@ class QdrantClientStore:
         try:
             client.get_collections()
         except Exception as exc:
-            text = str(exc)
-            if "401" in text or "403" in text or "nauthorized" in text or "orbidden" in text:
+            if _is_refused_key(exc):
                 raise StoreUnavailable(
                     f"Qdrant at {url} refused the API key: set QDRANT_API_KEY to the server's key."
                 ) from exc
@@ -149,7 +225,14 @@ class QdrantClientStore:
                 f"Cannot reach Qdrant at {url} ({type(exc).__name__}). Start it (docker compose up -d qdrant), "
                 f"fix QDRANT_URL, or leave QDRANT_URL empty to use the embedded store."
             ) from exc
-        return cls(client, collection, f"Qdrant server {url}", config)
+        return cls(client, collection, f"Qdrant server {url}", config, local=False)
+
+    servable = False  # a server is reached by every process itself
+    holder = None
+
+    def beside(self, collection: str, write: bool = False) -> QdrantClientStore:
+        """`collection` through the same client (closing either closes the client)."""
+        return QdrantClientStore(self.client, collection, self.location, self.config, local=self.local)
 
     def info(self) -> CollectionInfo | None:
         if self._info is not None:
@@ -211,9 +294,7 @@ class QdrantClientStore:
             with self._lock:
                 return read()
         except Exception as exc:
-            vanished = getattr(exc, "status_code", None) == 404 or (
-                isinstance(exc, ValueError) and "not found" in str(exc).lower())
-            if not vanished:
+            if not _is_missing_collection(exc, self.local):
                 raise
             self._info = None
             return empty
@@ -238,9 +319,8 @@ class QdrantClientStore:
                 if not _is_transient(exc):
                     raise
                 if delay is None:
-                    raise StoreUnavailable(
-                        f"{what} to {self.location} failed after {attempt} tries ({type(exc).__name__}: {exc})"
-                    ) from exc
+                    raise StoreUnavailable(f"{what} to {self.location} failed after {attempt} tries "
+                                           f"({type(exc).__name__}: {_error_text(exc)})") from exc
                 time.sleep(delay)
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:

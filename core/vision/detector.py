@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from core.domain.types import Detection
 from core.errors import ModelUnavailable
+from core.vision.lazy_model import LazyModel
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,7 +38,7 @@ def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or value.startswith(".") or Path(value).exists()
 
 
-class YoloDetector:
+class YoloDetector(LazyModel):
     """ultralytics YOLO, loaded on first use, keeping only boxes of the shoe classes.
 
     `model` is a weights name (downloaded by ultralytics on first use, e.g.
@@ -50,6 +50,9 @@ class YoloDetector:
     with the reason logged. `precision` (onnx only): `fp32`, `int8` (dynamic quantization), or
     `auto` = int8 when its boxes agree with fp32 on probe photos and it is faster, else fp32.
     """
+
+    kind = "Detector model"
+    offline_hint = "set DETECTOR_MODEL to a local .pt file, or to 'none' to turn detection off"
 
     def __init__(
         self,
@@ -63,6 +66,7 @@ class YoloDetector:
         precision: str = "auto",
         cache_dir: Path | None = None,
     ) -> None:
+        super().__init__()
         self.name = model
         self.classes = list(classes)
         self.confidence = confidence
@@ -78,32 +82,28 @@ class YoloDetector:
         self._yolo = None
         self._onnx = None
         self._class_ids: dict[int, str] = {}
-        self._lock = threading.Lock()
 
-    def load(self) -> None:
-        with self._lock:
-            if self._yolo is not None or self._onnx is not None:
+    def _load(self) -> None:
+        if _looks_like_path(self.name) and not Path(self.name).is_file():
+            raise ModelUnavailable(
+                f"Detector weights not found: {self.name}. Set DETECTOR_MODEL to an existing "
+                f"YOLO .pt file, to a name ultralytics can download (e.g. yolov8n-oiv7.pt), "
+                f"or to 'none' to embed whole photos."
+            )
+        if self._wants_onnx():
+            from core.vision import onnx_yolo
+
+            try:
+                self._load_onnx()
                 return
-            if _looks_like_path(self.name) and not Path(self.name).is_file():
-                raise ModelUnavailable(
-                    f"Detector weights not found: {self.name}. Set DETECTOR_MODEL to an existing "
-                    f"YOLO .pt file, to a name ultralytics can download (e.g. yolov8n-oiv7.pt), "
-                    f"or to 'none' to embed whole photos."
-                )
-            if self._wants_onnx():
-                from core.vision import onnx_yolo
-
-                try:
-                    self._load_onnx()
-                    return
-                except onnx_yolo.Unavailable as exc:
-                    if self.runtime == "onnx":
-                        raise ModelUnavailable(f"DETECT_RUNTIME=onnx cannot be used: {exc}. "
-                                               f"Set DETECT_RUNTIME=torch or auto.") from exc
-                    self.fallback_reason = str(exc)
-                    log.warning("detector %s runs on torch, not ONNX Runtime: %s", self.name, exc)
-            self._yolo = self._load_torch()
-            self.active_runtime = "torch"
+            except onnx_yolo.Unavailable as exc:
+                if self.runtime == "onnx":
+                    raise ModelUnavailable(f"DETECT_RUNTIME=onnx cannot be used: {exc}. "
+                                           f"Set DETECT_RUNTIME=torch or auto.") from exc
+                self.fallback_reason = str(exc)
+                log.warning("detector %s runs on torch, not ONNX Runtime: %s", self.name, exc)
+        self._yolo = self._load_torch()
+        self.active_runtime = "torch"
 
     def _wants_onnx(self) -> bool:
         if self.runtime == "onnx":
@@ -123,11 +123,7 @@ class YoloDetector:
 
                 yolo = YOLO(self.name)
         except Exception as exc:  # ultralytics raises many kinds on a failed download
-            raise ModelUnavailable(
-                f"Detector model '{self.name}' could not be loaded ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0][:200]}). It downloads on first use when online; "
-                f"offline, set DETECTOR_MODEL to a local .pt file, or to 'none' to turn detection off."
-            ) from exc
+            raise self.unavailable(self.name, exc) from exc
         self._class_ids = self._shoe_classes({int(k): str(v) for k, v in dict(yolo.names).items()})
         return yolo
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +19,9 @@ from core.catalogue.folders import discover
 from core.pipeline.ingest import IngestService
 from core.store.edge import EdgeStore
 from ingest.cli import app
+from tests.helpers import png_bomb
 
 runner = CliRunner()
-
-
-def _png_bomb(path: Path, width: int = 100_000, height: int = 100_000) -> None:
-    """A tiny PNG whose header declares 10^10 pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-                     + chunk(b"IEND", b""))
 
 
 def build_corpus(root: Path) -> dict[str, str | None]:
@@ -76,7 +66,7 @@ def build_corpus(root: Path) -> dict[str, str | None]:
     expected["very_wide.png"] = "extreme aspect ratio: 20000x20 (1,000:1) (limit MAX_ASPECT_RATIO=20)"
     Image.new("RGB", (1, 200_000), (90, 90, 250)).save(root / "strip.png")
     expected["strip.png"] = "extreme aspect ratio: 1x200000 (200,000:1) (limit MAX_ASPECT_RATIO=20)"
-    _png_bomb(root / "bomb.png")
+    png_bomb(root / "bomb.png")
     expected["bomb.png"] = "image too large: 10,000,000,000 pixels (limit MAX_IMAGE_PIXELS=50,000,000)"
     os.symlink(root / "nowhere.jpg", root / "dangling.jpg")
     expected["dangling.jpg"] = "no such file"

@@ -24,7 +24,7 @@ from core.quality.head_index import head_collection
 from core.quality.tune import HeadInfo, ProjectionHead
 from core.store.base import StoredPoint
 from core.store.edge import EdgeStore
-from core.store.lock import _copy_sparse
+from core.store.lock import copy_sparse
 from core.vision.embedder import model_id_for
 from tools.sample_catalogue import make_catalogue
 
@@ -69,7 +69,7 @@ class Setup:
 
     def copy(self, source: Path, name: str) -> Path:
         target = self.root / name
-        _copy_sparse(source, target)
+        copy_sparse(source, target)
         return target
 
     def folder(self, factory: str) -> str:

@@ -40,10 +40,10 @@ def test_defaults_bind_loopback_and_limit_uploads():
 
 
 def test_query_photo_over_the_pixel_limit_is_refused(handlers, tmp_path):
-    from tests.reliability.test_bad_input import _png_bomb
+    from tests.helpers import png_bomb
 
     bomb = tmp_path / "bomb.png"
-    _png_bomb(bomb)
+    png_bomb(bomb)
     results = handlers.search_image(str(bomb))
     assert results.hits == [] and results.status.startswith("⚠️ That photo cannot be used: image too large")
     regions, note = handlers.detect(str(bomb))

@@ -65,6 +65,14 @@ def assert_captions_not_cut(page, gallery: str) -> None:
     assert cut == [], f"captions cut off: {cut}"
 
 
+def assert_gallery_not_clipped(page, gallery: str) -> None:
+    """Every thumbnail of the gallery on the page itself: no scroll box inside the gallery hiding
+    results (Gradio caps an auto-height gallery at 55% of the window)."""
+    hidden = page.eval_on_selector(
+        f"#{gallery} .grid-wrap", "e => e.scrollHeight - e.clientHeight")
+    assert hidden <= 1, f"{hidden}px of the {gallery} gallery hidden behind a scroll box"
+
+
 # --------------------------------------------------------------------------- search by photo
 
 
@@ -84,6 +92,7 @@ def test_photo_search_upload_detect_pick_and_search(served, page_of, shot, tmp_p
     # The search runs at once with the first shoe; results come one per product (12 products).
     expect()(page.locator("#status")).to_contain_text("12 results for the photo (shoe 1 of 2", timeout=WAIT)
     expect()(captions(page, "results")).to_have_count(12)
+    assert_gallery_not_clipped(page, "results")
     first_run = raw_hits(page)
 
     regions.nth(1).click()  # the other shoe
@@ -233,6 +242,7 @@ def test_results_by_product_by_default_and_every_crop_when_unticked(served, page
     expect()(page.locator("#status")).to_contain_text("12 results for “shoe” (one per product)")
     expect()(page.locator("#status")).to_contain_text("by factory: factory_a 4 · factory_b 4 · factory_c 4")
     assert_captions_not_cut(page, "results")
+    assert_gallery_not_clipped(page, "results")
     shot(page, "search-ui")
     # Unticked: every crop, several of one product, and the factory counts follow the query.
     page.locator("#one-per-product input").uncheck()

@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.pipeline.ingest import IngestService
-from core.search.service import SearchService
-from core.store.edge import EdgeStore
+from core.app import open_app
 from search_ui.handlers import Handlers
 from tests.conftest import BlobDetector, two_shoes_photo
 
@@ -88,16 +86,13 @@ def test_unreadable_upload_and_empty_inputs_are_messages(handlers, tmp_path):
 
 
 def test_empty_index_is_a_message(ui_settings, tiny_embedder):
-    store = EdgeStore(ui_settings.embedded_store_dir, "empty")
-    try:
-        empty = Handlers(ui_settings, store, SearchService(store, tiny_embedder),
-                         IngestService(store, tiny_embedder, BlobDetector(), ui_settings.data_dir))
+    settings = ui_settings.model_copy(update={"qdrant_collection": "empty"})
+    with open_app(settings, embedder=tiny_embedder, detector=BlobDetector()) as app:
+        empty = Handlers(settings, app.store, app.search, app.ingest)
         results = empty.search_text("boot")
         assert results.gallery == [] and "is empty: add photos first" in results.status
         assert "(empty: add photos below" in empty.catalogue_markdown()
         assert empty.factory_choices() == []
-    finally:
-        store.close()
 
 
 def test_hit_detail_draws_the_box_on_the_full_photo(handlers, tmp_path):
@@ -372,3 +367,9 @@ def test_review_error_is_a_message_and_changes_nothing(handlers):
     assert review.group_id == group.group_id and path.read_text() == "not json"
     assert not next(g for g in review.groups if g["id"] == group.group_id)["reviewed"]
     assert handlers.find_duplicates(0.99, 0.97).status.startswith("⚠️ the review decisions")
+
+
+def test_a_group_id_of_no_tier_is_a_message_not_a_silent_similar(handlers):
+    results = handlers.search_text("boot", group="xyz-123")
+    assert results.hits == [] and results.status.startswith("⚠️ 'xyz-123' is not a duplicate group id")
+    assert handlers.find_duplicates(scope="everything").status.startswith("⚠️ Unknown option: scope 'everything'")

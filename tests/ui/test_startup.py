@@ -15,6 +15,7 @@ def test_the_page_is_served_while_the_models_load_and_a_first_query_waits(ui_set
     from core.pipeline.ingest import IngestService
     from core.store.edge import EdgeStore
     from core.vision.detector import NoDetector
+    from core.app import open_app
     from core.vision.embedder import ClipEmbedder
     from search_ui.app import create_handlers, launch, preload_models
 
@@ -24,9 +25,10 @@ def test_the_page_is_served_while_the_models_load_and_a_first_query_waits(ui_set
                   settings.data_dir).add(discover(sample.factory_dir("factory_a")), "factory_a")
     store.close()
 
-    handlers = create_handlers(settings, preload=False)
-    embedder = handlers.ingest.embedder
-    assert embedder._model is None  # nothing loaded yet
+    app = open_app(settings).__enter__()
+    handlers = create_handlers(app, preload=False)
+    embedder = app.embedder
+    assert not embedder.loaded  # nothing loaded yet
     gate = threading.Event()  # the model load takes until the test says so
     real_load = embedder.load
 
@@ -35,7 +37,7 @@ def test_the_page_is_served_while_the_models_load_and_a_first_query_waits(ui_set
         real_load()
 
     embedder.load = slow_load
-    loading = preload_models(handlers)
+    loading = preload_models(app, handlers)
     demo = launch(settings, handlers, block=False)
     url = f"http://127.0.0.1:{settings.ui_port}/"
     try:
@@ -55,26 +57,25 @@ def test_the_page_is_served_while_the_models_load_and_a_first_query_waits(ui_set
         loading.result(timeout=60)
         _, status, hits = answer["result"]
         assert len(hits) == 5 and status.startswith("5 results for")
-        assert embedder._model is not None
+        assert embedder.loaded
     finally:
         gate.set()
         demo.close()
-        handlers.store.close()
+        app.close()
 
 
 def test_a_model_that_fails_in_the_background_is_raised_by_launch(ui_settings, tmp_path):
     """`search-ui` exits with the model's one-line error (main prints it): launch re-raises it."""
     import pytest
 
+    from core.app import open_app
     from core.errors import ShoeSearchError
     from search_ui.app import create_handlers, launch, preload_models
 
     settings = ui_settings.model_copy(update={"clip_model": str(tmp_path / "no-such-model")})
-    handlers = create_handlers(settings, preload=False)
     started = time.perf_counter()
-    try:
+    with open_app(settings) as app:
+        handlers = create_handlers(app, preload=False)
         with pytest.raises(ShoeSearchError, match="CLIP model folder not found"):
-            launch(settings, handlers, models_loading=preload_models(handlers))
-    finally:
-        handlers.store.close()
+            launch(settings, handlers, models_loading=preload_models(app, handlers))
     assert time.perf_counter() - started < 120
