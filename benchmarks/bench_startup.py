@@ -86,6 +86,9 @@ def main() -> None:
         # export under DATA_DIR/models, as a first `ingest add` does for a user.
         first = sorted(Path(paths["photos"]).iterdir())[0]
         subprocess.run([sys.executable, "-m", "ingest", "add", str(first)], env=env, capture_output=True, check=True)
+        # ... and a first text search caches the text tower's export (an ingest never makes it).
+        subprocess.run([sys.executable, "-m", "ingest", "search", "--text", "warm-up", "--top-k", "1"], env=env,
+                       capture_output=True, check=True)
         for precision in ("auto", "fp32"):
             env["EMBED_PRECISION"] = precision
             runs = [ui_start(env) for _ in range(args.runs)]
