@@ -27,6 +27,8 @@ from benchmarks.common import machine, peak_rss_mb, run_child, table
 
 CACHE = Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "shoe-search-bench"))
 FOOTWEAR = ["Footwear", "Boot", "High heels", "Sandal", "Roller skates"]
+# Photos of the same-process sequential baseline, measured just before and just after each ingest.
+BASELINE_PHOTOS = int(os.environ.get("BENCH_BASELINE_PHOTOS", 32))
 DEFAULT_CASES = ("baseline,fp32-nodetect,auto-nodetect,auto-onnx320,auto-onnx480,auto-onnx640,auto-torch320,"
                  "auto-torch640")
 
@@ -147,6 +149,22 @@ def detector_alone(detector, images: list) -> float:
         return _rate(time.perf_counter() - started, len(tensors))
 
 
+def sequential_fp32(embedder, sources: list) -> float:
+    """Photos/s of the older scripts' loop in this process: open each photo, embed it alone through
+    sentence-transformers in fp32 (torch), no detection. The embedder's own fp32 model is used, so
+    the baseline is measured beside our pipeline, under the same load."""
+    from PIL import Image
+
+    embedder.load()
+    model = embedder._model
+    model.encode([Image.new("RGB", (64, 64))], show_progress_bar=False)
+    started = time.perf_counter()
+    for source in sources:
+        with Image.open(source.path) as img:
+            model.encode([img.convert("RGB")], normalize_embeddings=True, show_progress_bar=False)
+    return _rate(time.perf_counter() - started, len(sources))
+
+
 def models_alone(embedder, detector, images: list) -> dict:
     """CLIP alone, detector alone (img/s) and both per photo: 1 / (1/clip + 1/detector)."""
     clip = clip_alone(embedder, images)
@@ -231,6 +249,8 @@ def case(kind: str, paths: dict[str, str]) -> dict:
         from core.vision.images import load_photo_scaled
 
         images = [load_photo_scaled(s.path, 80_000_000, 1600)[0] for s in sources]
+        baseline_sample = sources[:BASELINE_PHOTOS]
+        baseline_before = sequential_fp32(embedder, baseline_sample)
         before = models_alone(embedder, detector if detect != "nodetect" else None, images)
         store = EdgeStore(Path(tmp) / "edge", "shoes")
         service = IngestService(store, embedder, detector, Path(tmp), batch_size=32)
@@ -250,6 +270,10 @@ def case(kind: str, paths: dict[str, str]) -> dict:
                "runtime": getattr(detector, "active_runtime", "-") or "-",
                "rerun_files_per_s": sum(r.photos_unchanged for r in rerun) / rerun_seconds}
         after = models_alone(embedder, detector if detect != "nodetect" else None, images)
+        baseline_after = sequential_fp32(embedder, baseline_sample)
+        out["baseline"] = (baseline_before + baseline_after) / 2
+        out["baseline_before_after"] = [baseline_before, baseline_after]
+        out["load"] = os.getloadavg()[0]
         out["clip_alone"] = (before["clip"] + after["clip"]) / 2
         out["detector_alone"] = (before["detector"] + after["detector"]) / 2 if detect != "nodetect" else None
         out["ceiling"] = (before["ceiling"] + after["ceiling"]) / 2
@@ -318,8 +342,12 @@ def main() -> None:
     for kind, r in results.items():
         rate = r["photos"] / r["seconds"]
         ceiling = r.get("ceiling")
+        same_run = r.get("baseline")
         rows.append([
             label(kind), r.get("precision", "fp32"), r.get("runtime", "-"), f"{rate:.1f}",
+            f"{same_run:.1f} ({r['baseline_before_after'][0]:.1f}/{r['baseline_before_after'][1]:.1f})"
+            if same_run else "-",
+            f"**{rate / same_run:.2f}x**" if same_run else "-",
             f"{rate / base_rate:.2f}x" if base_rate else "-",
             f"{r['clip_alone']:.1f}" if "clip_alone" in r else "-",
             f"{r['detector_alone']:.1f}" if r.get("detector_alone") else "-",
@@ -327,8 +355,24 @@ def main() -> None:
             if ceiling else "-",
             f"**{rate / ceiling:.2f}**" if ceiling else "-",
             f"{r['rerun_files_per_s']:.0f}" if "rerun_files_per_s" in r else "-", f"{r['peak_rss_mb']:.0f}"])
-    print(table(["pipeline", "CLIP", "detector", "photos/s", "vs baseline", "CLIP alone img/s",
+    print(table(["pipeline", "CLIP", "detector", "photos/s", "baseline photos/s, same process (before/after)",
+                 "vs same-process baseline", "vs baseline case", "CLIP alone img/s",
                  "detector alone img/s", "ceiling photos/s (before/after)", "of ceiling", "re-run files/s", "peak RSS MB"], rows))
+    print(f"baseline: the older scripts' loop (open a photo, embed it alone, fp32 torch, no detection) on "
+          f"{BASELINE_PHOTOS} photos, in each case's process just before and after its ingest; 'baseline case' "
+          f"= the same loop on all photos in its own process")
+    from core.settings import Settings
+
+    size = Settings.model_fields["detect_image_size"].default
+    default = results.get(f"auto-onnx{size}")
+    if default and default.get("baseline"):
+        rate = default["photos"] / default["seconds"]
+        print(f"ours with detection on (defaults: YOLO ONNX at {size}) / same-process sequential fp32 "
+              f"baseline: {rate / default['baseline']:.2f}x (target >= 3x)")
+    for kind, r in results.items():
+        if r.get("ceiling"):
+            print(f"{label(kind)}: {r['photos'] / r['seconds'] / r['ceiling']:.2f} of the models' ceiling "
+                  f"(target >= 0.85), load average {r.get('load', float('nan')):.1f} at its end")
     outside = [(kind, r["outside_ms"]) for kind, r in results.items() if "outside_ms" in r]
     if outside:
         steps = sorted({step for _, ms in outside for step in ms}, key=lambda s: list(outside[0][1]).index(s)

@@ -259,6 +259,14 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         # The page's initial config holds nothing of the index (a login page embeds it): factory
         # names and counts arrive with this first event, which needs the login.
         demo.load(refresh_filters, outputs=refreshed, api_visibility="private")
+
+        def models_note():
+            loading = getattr(handlers, "models_loading", None)  # set by `preload_models`
+            if loading is not None and not loading.done():
+                return "⏳ Loading the models: a search started now waits for them (a few seconds)."
+            return ""
+
+        demo.load(models_note, outputs=status, api_visibility="private")
         # Factories added from the CLI or another tab show up when a tab is opened, no restart needed.
         for tab in (search_tab, duplicates_tab, catalogue_tab):
             tab.select(refresh_filters, outputs=refreshed, api_visibility="private")
@@ -604,6 +612,29 @@ def create_handlers(app: "App", preload: bool = True) -> "Handlers":
     return Handlers(app.settings, store, app.search, app.ingest)
 
 
+def preload_models(app: "App", handlers: "Handlers"):
+    """Load the models (`app.preload`) on a background thread while the page is served: a search
+    that comes first waits for them (each model loads once, under its own lock). Returns the
+    Future; its error (a model that cannot load, or a collection of another dimension) is raised
+    by `launch`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.store.base import check_model
+
+    store, embedder = app.store, app.embedder
+
+    def load() -> None:
+        app.preload()
+        info = store.info()
+        if info is not None:
+            check_model(info, store.collection, store.location, embedder.model_id, embedder.dimension)
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preload-models")
+    handlers.models_loading = executor.submit(load)
+    executor.shutdown(wait=False)
+    return handlers.models_loading
+
+
 class LoginThrottle:
     """Gradio's login check with a back-off: after a failed attempt the next answer waits.
 
@@ -711,8 +742,9 @@ def serve_store(settings: "Settings", handlers: "Handlers", demo: "gr.Blocks"):
     return host.mount(demo.app, demo.server_port)
 
 
-def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
-    """Serve the app on UI_HOST:UI_PORT with the configured login and upload limit."""
+def launch(settings: "Settings", handlers: "Handlers", block: bool = True, models_loading=None):
+    """Serve the app on UI_HOST:UI_PORT with the configured login and upload limit. With `block`,
+    a failure of `models_loading` (from `preload_models`) stops serving and is raised."""
     demo = build_app(handlers)
     auth = LoginThrottle(settings.ui_username, settings.ui_password) \
         if settings.ui_username and settings.ui_password else None
@@ -736,9 +768,15 @@ def launch(settings: "Settings", handlers: "Handlers", block: bool = True):
     if block:
         print(f"search-ui: serving on http://{settings.ui_host}:{settings.ui_port} (Ctrl+C to stop)", flush=True)
         try:
+            if models_loading is not None:
+                models_loading.result()  # a model that cannot load ends the program with its one line
+                log.info("models loaded")
             demo.block_thread()
         except KeyboardInterrupt:
             pass
+        except BaseException:
+            demo.close()
+            raise
         finally:
             if demo.store_host is not None:  # before the store closes: CLI commands then open it themselves
                 demo.store_host.close()
@@ -765,12 +803,16 @@ def main() -> None:
         sys.exit(1)
     with open_app(settings) as app:  # closes the store (and the head's) when serving ends
         try:
-            handlers = create_handlers(app)
+            handlers = create_handlers(app, preload=False)
         except ShoeSearchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
         try:
-            launch(settings, handlers)
+            # The page is served while the models load (first answer sooner; see README, Benchmarks).
+            launch(settings, handlers, models_loading=preload_models(app, handlers))
+        except ShoeSearchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
         except OSError as exc:  # the port was taken while the models loaded
             print(f"error: cannot serve on {settings.ui_host}:{settings.ui_port} (UI_PORT): {exc.strerror or exc}",
                   file=sys.stderr)

@@ -297,3 +297,62 @@ def test_large_decodes_are_queued_within_the_pixel_budget(tmp_path, store, tiny_
     assert report.photos_added == 3
     assert service.decode_budget.peak == 6_000_000 and service.decode_budget.in_use == 0
     assert {(p.payload["photo_width"], p.payload["photo_height"]) for p in store.scroll()} == {(3000, 2000)}
+
+
+class _CallCountingEmbedder(CountingEmbedder):
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.calls = 0
+
+    def embed_images(self, images):
+        self.calls += 1
+        return super().embed_images(images)
+
+
+class _OneAtATimeDetector:
+    """Finds no shoe, slowly, and records how many calls ran at once (ultralytics' torch
+    predictor, or any detector the pipeline does not know, must never be called concurrently)."""
+
+    name = "one-at-a-time"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.active = self.most = self.calls = 0
+
+    def detect(self, images):
+        import time
+
+        with self.lock:
+            self.active += 1
+            self.calls += 1
+            self.most = max(self.most, self.active)
+        time.sleep(0.05)
+        with self.lock:
+            self.active -= 1
+        return [[] for _ in images]
+
+
+def test_models_overlap_only_when_they_may(tmp_path, store, tiny_embedder):
+    """An unknown detector gets whole batches, one call at a time; with no detection (or ONNX
+    Runtime) and an ONNX Runtime image tower the models get half batches, two at a time. Same
+    points either way, progress in batch order."""
+    root = tmp_path / "factory_o"
+    root.mkdir()
+    for k in range(12):
+        Image.new("RGB", (60, 40), (20 * k, 90, 90)).save(root / f"p{k:02d}.png")
+    detector = _OneAtATimeDetector()
+    progress = []
+    report = _service(store, tiny_embedder, detector, tmp_path).add(discover(root), "factory_o",
+                                                                    progress=lambda done, _: progress.append(done))
+    assert report.photos_added == 12 and store.count() == 12
+    assert (detector.calls, detector.most) == (3, 1)  # 3 batches of 4, never two at once
+    assert progress == [4, 8, 12]
+
+    halves = _CallCountingEmbedder(tiny_embedder)
+    halves.active_precision = "int8"  # says it runs through ONNX Runtime, as ClipEmbedder's int8 tower does
+    other = tmp_path / "factory_h"
+    shutil.copytree(root, other)
+    report = _service(store, halves, _NoDetector(), tmp_path).add(discover(other), "factory_h")
+    assert report.photos_added == 12 and halves.calls == 6  # 3 batches of 4, as halves of 2

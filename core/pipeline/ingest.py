@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -116,15 +117,16 @@ class IngestService:
         - one full-size decode at a time (the pixel budget): MAX_IMAGE_PIXELS x 8 bytes (Pillow's
           4 bytes a pixel, a mode conversion, the reduction's intermediate);
         - the files being read, one per decode worker: workers x MAX_FILE_MB;
-        - two batches of reduced photos (one prepared while the other is processed), at most
-          DECODE_MAX_SIDE² x 4 bytes each; the batch being processed three times over (the photos,
-          their crops, the model's own preprocessing copy).
+        - three batches of reduced photos (one prepared while the next is processed and the one
+          before is written), at most DECODE_MAX_SIDE² x 4 bytes each; the batch being processed
+          three times over (the photos, their crops, the model's own preprocessing copy), the one
+          being written once (its crops: thumbnails and phashes).
         """
         if self.max_file_bytes is None or not self.decode_max_side:
             return None
         photo = min(self.decode_max_side ** 2, self.max_image_pixels) * 4
         return (self.max_image_pixels * DECODE_BYTES_PER_PIXEL + self.workers * self.max_file_bytes
-                + (1 + 3) * self.batch_size * photo)
+                + (1 + 3 + 1) * self.batch_size * photo)
 
     # ------------------------------------------------------------------ add
 
@@ -139,18 +141,32 @@ class IngestService:
                         text_model_of(self.embedder))
         self.recover()
         seen_keys: set[tuple[str, str]] = set()
-        done = 0
-        # Two stages: while the models work on one batch, the next is hashed, looked up and decoded.
+        # Stages, each on its own thread(s), bounded to about one batch each: batch N+1 is hashed,
+        # looked up and decoded (`ahead`) while the models work on batch N (`models`) and the
+        # batch before is written (`writer`: phashes, thumbnails, journal, head and store upserts
+        # in the journaled order, one write at a time, in order). When the models run through ONNX
+        # Runtime (`_models_concurrent`), a batch goes to them as two halves started one after the
+        # other: one half's CPU work (letterboxing, CLIP's preprocessing, NMS, crops) runs while the
+        # other's model runs, so the cores stay with the models (see README, Benchmarks).
         try:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-                pending = None
-                for batch in iter_batches(sources, self.batch_size):
-                    prepared = ahead.submit(self._prepare, batch, report, seen_keys, pool)
+            with ThreadPoolExecutor(max_workers=self.workers) as pool, \
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-ahead") as ahead, \
+                    ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-models") as models, \
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
+                flow = _Flow(self, report, pool, models, writer, progress)
+                try:
+                    pending = None
+                    for batch in iter_batches(sources, self.batch_size):
+                        prepared = ahead.submit(self._prepare, batch, report, seen_keys, pool)
+                        if pending is not None:
+                            flow.feed(pending[0].result(), pending[1])
+                        pending = (prepared, batch)
                     if pending is not None:
-                        done += self._finish(pending, report, pool, progress, done)
-                    pending = (prepared, batch)
-                if pending is not None:
-                    self._finish(pending, report, pool, progress, done)
+                        flow.feed(pending[0].result(), pending[1])
+                    flow.finish()
+                except BaseException:
+                    flow.abandon()  # let the work in flight end; the first error is the one raised
+                    raise
         except DiskFull as exc:  # everything counted as added is stored; the rest waits for a rerun
             raise DiskFull(f"{exc} ({report.photos_added} photos were added before it stopped; the rerun "
                            f"adds the rest.)") from None
@@ -159,15 +175,22 @@ class IngestService:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _finish(self, pending, report: IngestReport, pool: ThreadPoolExecutor,
-                progress: ProgressFn | None, done: int) -> int:
-        prepared, batch = pending
-        photos = prepared.result()
-        if photos:
-            self._store_photos(photos, report, pool)
-        if progress:
-            progress(done + len(batch), str(batch[-1].path))
-        return len(batch)
+    def _models_concurrent(self) -> bool:
+        """May detection and embedding run on two threads at once? Only when both run through
+        ONNX Runtime (thread-safe sessions whose idle threads sleep; see onnx_yolo.no_spinning)
+        or detection is off: not ultralytics' torch predictor (it keeps per-call state), not
+        torch's CLIP (two calls would put four spinning OpenMP threads on the cores), not a
+        model we do not know. Loads the models (their runtimes decide); called when the first
+        photos reach them, so a rerun that adds nothing loads nothing."""
+        from core.vision.detector import NoDetector
+
+        for model in (self.detector, self.embedder):
+            if hasattr(model, "load"):
+                model.load()
+        detector = self.detector
+        detector_onnx = isinstance(detector, NoDetector) or \
+            str(getattr(detector, "active_runtime", "")).startswith("onnx")
+        return detector_onnx and getattr(self.embedder, "active_precision", "") == "int8"
 
     def _prepare(self, batch: Sequence[PhotoSource], report: IngestReport,
                  seen_keys: set[tuple[str, str]], pool: ThreadPoolExecutor) -> list:
@@ -218,11 +241,8 @@ class IngestService:
             photos.append((item, result.image, result.original_size))
         return photos
 
-    def _store_photos(self, photos: list, report: IngestReport, pool: ThreadPoolExecutor) -> None:
-        """Detect, crop, embed, write thumbnails and upsert one prepared batch."""
-        parts = self._process_isolated(photos, report)
-        if not parts:
-            return
+    def _store_parts(self, parts: list[_Processed], report: IngestReport, pool: ThreadPoolExecutor) -> None:
+        """Phashes, thumbnails and upserts of one processed batch, in the journaled order."""
         photos = [photo for part in parts for photo in part.photos]
         crops = [crop for part in parts for crop in part.crops]
         payloads = [payload for part in parts for payload in part.payloads]
@@ -450,6 +470,78 @@ class IngestService:
                                 (self.data_dir / relpath).unlink(missing_ok=True)
                 replayed += 1
         return replayed
+
+
+class _Flow:
+    """Photos through the models and the writer, in order, with bounded work in flight.
+
+    `feed` hands a decoded batch to the models (whole, or as two halves); at most `in_flight`
+    model calls run or wait at once, and the oldest is retired first: its crops go to the writer
+    once the previous write has finished. `progress` is called on the calling thread when the
+    last part of a batch is stored (or failed), so its count means "stored"."""
+
+    def __init__(self, service: IngestService, report: IngestReport, pool: ThreadPoolExecutor,
+                 models: ThreadPoolExecutor, writer: ThreadPoolExecutor, progress: ProgressFn | None) -> None:
+        self.service, self.report, self.pool = service, report, pool
+        self.models, self.writer, self.progress = models, writer, progress
+        self.in_flight = 0  # model calls at once: 2 (halves) or 1, decided when photos first arrive
+        self.done = 0
+        self._models: deque = deque()  # (future or None, batch tag or None), oldest first
+        self._write = None  # (future or None, batch tag or None)
+
+    def feed(self, photos: list, batch: Sequence[PhotoSource]) -> None:
+        tag = (len(batch), str(batch[-1].path))
+        if photos and not self.in_flight:
+            self.in_flight = 2 if self.service._models_concurrent() else 1
+        halves = self.in_flight == 2
+        size = -(-len(photos) // 2) if halves and len(photos) > 1 else max(len(photos), 1)
+        chunks = [photos[start:start + size] for start in range(0, len(photos), size)] or [[]]
+        for k, chunk in enumerate(chunks):
+            while chunk and len(self._models) >= self.in_flight:
+                self._retire()
+            future = self.models.submit(self.service._process_isolated, chunk, self.report) if chunk else None
+            self._models.append((future, tag if k == len(chunks) - 1 else None))
+
+    def finish(self) -> None:
+        while self._models:
+            self._retire()
+        self._wait_write()
+
+    def abandon(self) -> None:
+        """Wait for everything in flight, keeping quiet about its errors."""
+        pending = [future for future, _ in self._models] + [self._write[0] if self._write else None]
+        self._models.clear()
+        self._write = None
+        for future in pending:
+            if future is not None:
+                try:
+                    future.result()
+                except BaseException:  # noqa: BLE001
+                    pass
+
+    def _retire(self) -> None:
+        future, tag = self._models.popleft()
+        parts = future.result() if future is not None else []
+        # The writer keeps the crops, not the decoded photos (memory_budget).
+        parts = [_Processed([(item, None, size) for item, _, size in part.photos], part.crops, part.payloads,
+                            part.vectors) for part in parts]
+        self._wait_write()  # raises what the previous write raised (disk full, a fatal store error)
+        write = self.writer.submit(self.service._store_parts, parts, self.report, self.pool) if parts else None
+        self._write = (write, tag)
+        if write is None:
+            self._wait_write()
+
+    def _wait_write(self) -> None:
+        if self._write is None:
+            return
+        future, tag = self._write
+        self._write = None
+        if future is not None:
+            future.result()
+        if tag is not None:
+            self.done += tag[0]
+            if self.progress:
+                self.progress(self.done, tag[1])
 
 
 @dataclass

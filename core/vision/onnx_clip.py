@@ -88,6 +88,9 @@ def _session(path: Path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    from core.vision.onnx_yolo import no_spinning
+
+    no_spinning(options)  # leave the cores to ingest's decoding and writing between runs
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
