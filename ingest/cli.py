@@ -478,21 +478,28 @@ def eval_command(
                     output["models"][name] = result
                     sections += [markdown(e, f"{name}: {kind} queries") for kind, e in evaluations.items()]
             else:
-                items = load_items(store, factory)
-                if len(items) == 0:
-                    raise ShoeSearchError(f"Nothing indexed in {store.location} to evaluate.")
-                evaluations = evaluate_vectors(items, opened.embedder if text else None, text, linked)
-                if product_links:
-                    from core.quality.evaluate import evaluate_links
+                if settings.qdrant_url:  # a server ranks each query's neighbours: no vectors held here
+                    from core.quality.evaluate import evaluate_store
 
-                    evaluations.update(evaluate_links(items, product_links))
-                output = {"index": store.location, "crops": len(items),
+                    crops, evaluations = evaluate_store(store, factory, opened.embedder if text else None, text,
+                                                        linked, product_links)
+                else:
+                    items = load_items(store, factory)
+                    if len(items) == 0:
+                        raise ShoeSearchError(f"Nothing indexed in {store.location} to evaluate.")
+                    crops = len(items)
+                    evaluations = evaluate_vectors(items, opened.embedder if text else None, text, linked)
+                    if product_links:
+                        from core.quality.evaluate import evaluate_links
+
+                        evaluations.update(evaluate_links(items, product_links))
+                output = {"index": store.location, "crops": crops,
                           **({"links": _links_summary(product_links)} if product_links else {}),
                           **{kind: e.to_dict() for kind, e in evaluations.items()}}
                 titles = {"photo": "photo queries, linked products relevant" if product_links else "photo queries",
                           "cross_factory": "cross-factory queries: the linked products in other factories, the "
                                            "query's own product left out"}
-                sections = [markdown(e, f"{titles.get(kind, kind + ' queries')} ({len(items)} crops)")
+                sections = [markdown(e, f"{titles.get(kind, kind + ' queries')} ({crops} crops)")
                             for kind, e in evaluations.items()]
     text_report = "\n".join(sections)
     if report:

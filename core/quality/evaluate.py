@@ -1,6 +1,9 @@
 """`ingest eval`: how well the index (or another model) finds a catalogue's own products.
 
-Reads crops from the store; nothing is written to it. Model A/B embeds the same sample of
+Reads crops from the store; nothing is written to it. On the embedded store the rankings are
+computed here, exactly, from every vector in memory (`evaluate_vectors`); against a server
+(`evaluate_store`) each query's top crops come from the server's own index through batched
+queries (`Store.query_batch`), and only ids and labels are held here (memory O(n), no n x n). Model A/B embeds the same sample of
 crops (cut from the photos by their stored boxes) with each model in memory.
 """
 
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,10 +20,10 @@ import numpy as np
 
 from core.domain.types import CropPayload
 from core.duplicates.groups import Items
-from core.duplicates.service import load_items
+from core.duplicates.service import QUERY_BATCH, load_items
 from core.errors import BadImage, EmptyIndex, ShoeSearchError
-from core.quality.metrics import Evaluation, leave_one_out, text_queries
-from core.store.base import Store
+from core.quality.metrics import Evaluation, leave_one_out, query_metrics, summarize, text_queries
+from core.store.base import Store, Where
 from core.vision.embedder import Embedder
 from core.vision.images import load_photo
 
@@ -163,6 +167,16 @@ def labels_from_links(items: Items, links: Mapping[str, Sequence[str]]) -> list[
     return [f"linked:{links[p][0]}" if p in links else p for p in products]
 
 
+def _check_links_present(labels: Sequence[str], products: Sequence[str], links: Mapping[str, Sequence[str]]) -> None:
+    present: dict[str, set[str]] = {}
+    for label, product in zip(labels, products):
+        if product in links:
+            present.setdefault(label, set()).add(product)
+    if not any(len(found) > 1 for found in present.values()):
+        raise ShoeSearchError(f"no two of the {len(links)} linked products are among the evaluated crops "
+                              f"(a --factory filter leaving out the factories they are linked to?)")
+
+
 def evaluate_links(items: Items, links: Mapping[str, Sequence[str]]) -> dict[str, Evaluation]:
     """Leave-one-out photo retrieval with the product links as relevance:
 
@@ -175,12 +189,97 @@ def evaluate_links(items: Items, links: Mapping[str, Sequence[str]]) -> dict[str
     Raises ShoeSearchError when no two products of one link group are among the evaluated crops."""
     products, photos, factories = item_labels(items)
     labels = labels_from_links(items, links)
-    present: dict[str, set[str]] = {}
-    for label, product in zip(labels, products):
-        if product in links:
-            present.setdefault(label, set()).add(product)
-    if not any(len(found) > 1 for found in present.values()):
-        raise ShoeSearchError(f"no two of the {len(links)} linked products are among the evaluated crops "
-                              f"(a --factory filter leaving out the factories they are linked to?)")
+    _check_links_present(labels, products, links)
     return {"photo": leave_one_out(items.vectors, labels, photos, factories),
             "cross_factory": leave_one_out(items.vectors, labels, products, factories)}
+
+
+# The payload keys evaluation reads (labels: product, photo, factory; pairs: photo path).
+EVAL_KEYS = ("factory", "product_id", "photo_path", "photo_sha256")
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def ranked_leave_one_out(store: Store, ids: Sequence[str], products: Sequence[str], photos: Sequence[str],
+                         groups: Sequence[str], where: Where | None = None, depth: int = 100,
+                         batch: int | None = None) -> Evaluation:
+    """`leave_one_out` with the store ranking: the same queries, relevance and metrics, but each
+    query's top `depth` crops (after its own photo's are dropped) come from the store's index,
+    `batch` queries per request; the query vectors are fetched by id a batch at a time.
+    `where`: the filter `ids` were read with (the rankings see the same crops)."""
+    batch = batch or QUERY_BATCH
+    index = {pid: i for i, pid in enumerate(ids)}
+    label_count = Counter(products)
+    label_photo_count = Counter(zip(products, photos))
+    photo_count = Counter(photos)
+    queries = [i for i in range(len(ids)) if label_count[products[i]] > label_photo_count[(products[i], photos[i])]]
+    per_query: list[tuple[str, dict[str, float]]] = []
+    for start in range(0, len(queries), batch):
+        chunk = queries[start:start + batch]
+        fetched = {p.id: p.vector for p in store.retrieve([ids[q] for q in chunk], with_vectors=True)
+                   if p.vector is not None}
+        chunk = [q for q in chunk if ids[q] in fetched]
+        if not chunk:
+            continue
+        vectors = _unit(np.stack([fetched[ids[q]] for q in chunk]))
+        limit = depth + max(photo_count[photos[q]] for q in chunk)  # room for the hits of the query's own photo
+        found = store.query_batch(vectors, where=where, limit=limit, with_payload=False)
+        for q, hits in zip(chunk, found):
+            ranked = [j for j in (index.get(h.point_id) for h in hits) if j is not None and photos[j] != photos[q]]
+            relevant = [products[j] == products[q] for j in ranked[:depth]]
+            n_relevant = label_count[products[q]] - label_photo_count[(products[q], photos[q])]
+            per_query.append((str(groups[q]), query_metrics(relevant, n_relevant)))
+    return summarize(per_query)
+
+
+def ranked_text_queries(store: Store, query_vectors: np.ndarray, wanted: Sequence[str], ids: Sequence[str],
+                        products: Sequence[str], groups: Sequence[str] | None = None, where: Where | None = None,
+                        depth: int = 100, batch: int | None = None) -> Evaluation:
+    """`text_queries` with the store ranking each text vector's top `depth` crops."""
+    batch = batch or QUERY_BATCH
+    index = {pid: i for i, pid in enumerate(ids)}
+    label_count = Counter(products)
+    per_query = []
+    for start in range(0, len(wanted), batch):
+        stop = min(len(wanted), start + batch)
+        found = store.query_batch(_unit(query_vectors[start:stop]), where=where, limit=depth, with_payload=False)
+        for i, hits in zip(range(start, stop), found):
+            if not label_count[wanted[i]]:
+                continue
+            ranked = [j for j in (index.get(h.point_id) for h in hits) if j is not None]
+            group = str(groups[i]) if groups is not None else "text"
+            per_query.append((group, query_metrics([products[j] == wanted[i] for j in ranked], label_count[wanted[i]])))
+    return summarize(per_query)
+
+
+def evaluate_store(store: Store, factories: Sequence[str] | None = None, embedder: Embedder | None = None,
+                   queries: Sequence[tuple[str, str, str | None]] = (), pairs: Sequence[tuple[str, str]] = (),
+                   links: Mapping[str, Sequence[str]] | None = None) -> tuple[int, dict[str, Evaluation]]:
+    """`evaluate_vectors` (and with `links`, `evaluate_links`) on the crops of `factories` (None:
+    all), ranked by the store (a server's index) instead of in memory: only ids and the
+    EVAL_KEYS payload are read here. Returns (crops evaluated, evaluations)."""
+    items = load_items(store, factories, keys=EVAL_KEYS, with_vectors=False)
+    if len(items) == 0:
+        raise EmptyIndex(f"Nothing indexed in {store.location} to evaluate.")
+    where = {"factory": list(factories)} if factories else None
+    products, photos, factories_of = item_labels(items)
+    labels = labels_from_pairs(items, pairs) if pairs else products
+    if links:
+        labels = labels_from_links(items, links)
+        _check_links_present(labels, products, links)
+    out = {"photo": ranked_leave_one_out(store, items.ids, labels, photos, factories_of, where)}
+    if queries:
+        if embedder is None:
+            raise ShoeSearchError("text queries need the CLIP model")
+        vectors = embedder.embed_texts([q[0] for q in queries])
+        with_factory = any(q[2] for q in queries)
+        text_labels = products if with_factory else [CropPayload.from_payload(p).product_id for p in items.payloads]
+        wanted = [f"{q[2]}/{q[1]}" if with_factory else q[1] for q in queries]
+        out["text"] = ranked_text_queries(store, np.asarray(vectors), wanted, items.ids, text_labels,
+                                          [q[2] or "all" for q in queries], where)
+    if links:  # as evaluate_links: the query's own product left out of its ranking
+        out["cross_factory"] = ranked_leave_one_out(store, items.ids, labels, products, factories_of, where)
+    return len(items), out
