@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from core.domain.options import REVIEW_ORDER, Level, Linkage, Method, Scope, Tier
+from core.domain.options import REVIEW_ORDER, Level, Linkage, Method, Scope
 from core.errors import ShoeSearchError
 
 if TYPE_CHECKING:
@@ -811,33 +811,17 @@ def _decisions(settings: Settings):
 def review_status(as_json: JsonFlag = False) -> None:
     """How many decisions are stored, and how much of the last clustering is reviewed."""
     from core.duplicates.review import product_groups
+    from core.duplicates.service import last_clustering
 
     settings = _settings()
     decisions = _decisions(settings)
-    sidecar = decisions.path.with_name(f"{settings.qdrant_collection}.json")
     with _user_errors(as_json):
         state = decisions.load()
-        last: dict[str, Any] = {}
-        saved: dict[str, Any] = {}
-        if sidecar.exists():
-            try:
-                saved = json.loads(sidecar.read_text())
-            except ValueError:
-                saved = {}
-            reviewed = set(saved.get("reviewed", []))
-            for group_id in saved.get("groups", {}):
-                try:
-                    tier = Tier.of_group(group_id)
-                except ValueError as exc:
-                    raise ShoeSearchError(f"{sidecar} is damaged: {exc}") from None
-                counts = last.setdefault(tier, {"groups": 0, "reviewed": 0})
-                counts["groups"] += 1
-                counts["reviewed"] += group_id in reviewed
+        progress = last_clustering(settings.data_dir, settings.qdrant_collection)
     counts = state.counts()
     linked = product_groups(state)
     data = {"file": str(decisions.path), **counts, "product_groups": len(linked),
-            "last_clustering": {"saved_at": saved.get("saved_at"),
-                                "tiers": {t: {**c, "to_review": c["groups"] - c["reviewed"]} for t, c in last.items()}}}
+            "last_clustering": progress.to_dict()}
     if as_json:
         _print_json(data)
         return
@@ -848,10 +832,10 @@ def review_status(as_json: JsonFlag = False) -> None:
                f"{_n(counts['representatives'], 'representative')} chosen")
     if counts["last_decided_at"]:
         typer.echo(f"  last decision {counts['last_decided_at']}")
-    if last:
-        typer.echo(f"last clustering ({data['last_clustering']['saved_at']}):")
+    if progress.tiers:
+        typer.echo(f"last clustering ({progress.saved_at}):")
         for tier in REVIEW_ORDER:
-            if tier in last:
+            if tier in progress.tiers:
                 c = data["last_clustering"]["tiers"][tier]
                 typer.echo(f"  {tier:<10} {c['groups']:>6} groups, {c['reviewed']:>6} reviewed, {c['to_review']:>6} to review")
     else:

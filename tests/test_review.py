@@ -356,3 +356,31 @@ def test_product_mapping_export(indexed):
     csv_rows = list(csv.DictReader(open(tmp / "products.csv")))
     assert [(r["group"], r["a"], r["b"]) for r in csv_rows] == [
         (str(g["group"]), link["a"], link["b"]) for g in mapping["groups"] for link in g["links"]]
+
+
+def test_review_status_counts_the_last_clustering_per_tier(tmp_path, monkeypatch):
+    from core.duplicates.service import TierProgress, last_clustering
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    assert last_clustering(tmp_path / "data", "shoes").tiers == {}
+    assert "no clustering yet" in invoke("review", "status").stdout
+    sidecar = tmp_path / "data" / "clusters" / "shoes.json"
+    sidecar.parent.mkdir(parents=True)
+    sidecar.write_text(json.dumps({"saved_at": "2026-01-02T03:04:05+00:00", "reviewed": ["dup-bbb", "gone"],
+                                   "groups": {"sim-a": [], "dup-bbb": [], "dup-c": [], "idt-d": []}}))
+    progress = last_clustering(tmp_path / "data", "shoes")
+    assert progress.tiers == {"similar": TierProgress(1, 0), "duplicate": TierProgress(2, 1),
+                              "identical": TierProgress(1, 0)}
+    text = invoke("review", "status").stdout
+    assert text.endswith("last clustering (2026-01-02T03:04:05+00:00):\n"
+                         "  duplicate       2 groups,      1 reviewed,      1 to review\n"
+                         "  similar         1 groups,      0 reviewed,      1 to review\n"
+                         "  identical       1 groups,      0 reviewed,      1 to review\n")
+    data = json.loads(invoke("review", "status", "--json").stdout)
+    assert data["last_clustering"] == {"saved_at": "2026-01-02T03:04:05+00:00", "tiers": {
+        "similar": {"groups": 1, "reviewed": 0, "to_review": 1},
+        "duplicate": {"groups": 2, "reviewed": 1, "to_review": 1},
+        "identical": {"groups": 1, "reviewed": 0, "to_review": 1}}}
+    sidecar.write_text(json.dumps({"groups": {"xyz-1": []}}))
+    result = invoke("review", "status", code=1)
+    assert result.stderr.count("\n") == 1 and f"{sidecar} is damaged: 'xyz-1'" in result.stderr

@@ -160,6 +160,61 @@ def knn_candidates(store: Store, items: Items, k: int, threshold: float,
     return rows[keep], cols[keep], sims[keep].astype(np.float32)
 
 
+def state_path(data_dir: Path, collection: str) -> Path:
+    """The clustering sidecar of `collection`: the last run's group ids, members and reviewed ids."""
+    return Path(data_dir) / "clusters" / f"{collection}.json"
+
+
+@dataclass
+class TierProgress:
+    """How much of one tier of the last clustering is reviewed."""
+
+    groups: int = 0
+    reviewed: int = 0
+
+    @property
+    def to_review(self) -> int:
+        return self.groups - self.reviewed
+
+
+@dataclass
+class LastClustering:
+    """The last saved clustering of a collection, as review progress per tier (tiers in the
+    order their groups were saved; none when nothing was clustered yet)."""
+
+    saved_at: str | None = None
+    tiers: dict[Tier, TierProgress] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"saved_at": self.saved_at,
+                "tiers": {t: {"groups": c.groups, "reviewed": c.reviewed, "to_review": c.to_review}
+                          for t, c in self.tiers.items()}}
+
+
+def last_clustering(data_dir: Path, collection: str) -> LastClustering:
+    """Review progress of the last saved clustering (`ingest review status`), read from the
+    sidecar; a missing or unparsable sidecar reads as no clustering, a group id of no tier raises
+    ShoeSearchError (the file is damaged)."""
+    path = state_path(data_dir, collection)
+    try:
+        saved = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return LastClustering()
+    if not isinstance(saved, dict):
+        return LastClustering()
+    reviewed = set(saved.get("reviewed", []))
+    out = LastClustering(saved.get("saved_at"))
+    for group_id in saved.get("groups", {}):
+        try:
+            tier = Tier.of_group(group_id)
+        except ValueError as exc:
+            raise ShoeSearchError(f"{path} is damaged: {exc}") from None
+        progress = out.tiers.setdefault(tier, TierProgress())
+        progress.groups += 1
+        progress.reviewed += group_id in reviewed
+    return out
+
+
 class ClusterService:
     """Runs clustering on the store's vectors and remembers the last result."""
 
@@ -169,7 +224,7 @@ class ClusterService:
         self.store = store
         self.server_index = server_index
         self.data_dir = Path(data_dir)
-        self.state_path = self.data_dir / "clusters" / f"{store.collection}.json"
+        self.state_path = state_path(self.data_dir, store.collection)
         self.decisions = review.Decisions(self.data_dir, store.collection)
 
     def constraints(self) -> Constraints:
