@@ -366,7 +366,8 @@ def _run_search(settings, service, text, avoid, weight, image, image_url, crop_i
     if image_url is not None:
         from core.search.image_urls import UrlLimits, fetch_photo
 
-        photo = fetch_photo(image_url, UrlLimits.from_settings(settings), settings.max_image_pixels)
+        photo = fetch_photo(image_url, UrlLimits.from_settings(settings), settings.max_image_pixels,
+                            settings.decode_max_side)
         source = {"image_url": image_url}
     else:
         from core.vision.crops import load_query_photo

@@ -315,7 +315,8 @@ class Handlers:
         """The photo at an http(s) URL, within the IMAGE_URL* limits (ShoeSearchError otherwise)."""
         from core.search.image_urls import UrlLimits, fetch_photo
 
-        return fetch_photo(url, UrlLimits.from_settings(self.settings), self.settings.max_image_pixels)
+        return fetch_photo(url, UrlLimits.from_settings(self.settings), self.settings.max_image_pixels,
+                           self.settings.decode_max_side)
 
     def fetch_url(self, url: str) -> tuple[Image.Image | None, list[tuple[Image.Image, str]], str]:
         """For the page: the photo at `url` (to show in the photo box), its detected shoes and a note."""

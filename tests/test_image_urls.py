@@ -34,6 +34,21 @@ def _bomb_png() -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
+def _large_jpeg(size=(2400, 1800)) -> bytes:
+    """A photo past DECODE_MAX_SIDE (1600), with detail that a reduction changes."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    small = rng.integers(0, 255, size=(size[1] // 40, size[0] // 40, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize(size, Image.BICUBIC)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+LARGE = _large_jpeg()
+
+
 class Handler(BaseHTTPRequestHandler):
     requests: list[str] = []
 
@@ -56,6 +71,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/good.jpg":
             self._send(200, _jpeg(), "image/jpeg; charset=binary")
+        elif path == "/large.jpg":
+            self._send(200, LARGE, "image/jpeg")
         elif path == "/slow.jpg":  # headers, then a byte now and then: never done
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -209,3 +226,20 @@ def test_save_photo_keeps_a_png_for_the_page(server, tmp_path):
     path = save_photo(f"{server}/good.jpg", LOCAL, 80_000_000, tmp_path / "url-photos")
     assert path.parent == tmp_path / "url-photos" and path.suffix == ".png"
     assert Image.open(path).size == (64, 48)
+
+
+def test_a_url_photo_is_decoded_as_a_query_file_is(server, tmp_path):
+    """The same decode as a query file (core.vision.crops.load_query_photo): reduced to
+    DECODE_MAX_SIDE (JPEG draft scale included), pixel for pixel the same image."""
+    import numpy as np
+
+    from core.vision.crops import load_query_photo
+
+    path = tmp_path / "large.jpg"
+    path.write_bytes(LARGE)
+    limits = UrlLimits(max_bytes=8 * MB, timeout=5, allow_private=True)
+    fetched = fetch_photo(f"{server}/large.jpg", limits, 80_000_000, 1600)
+    from_file = load_query_photo(path, 80_000_000, 1600)
+    assert max(fetched.size) <= 1600 and fetched.size == from_file.size
+    assert np.array_equal(np.asarray(fetched), np.asarray(from_file))
+    assert fetch_photo(f"{server}/large.jpg", limits, 80_000_000).size == (2400, 1800)  # no side given: full size

@@ -117,6 +117,22 @@ def test_image_url(indexed, photo_server, monkeypatch):
     assert "turned off here (IMAGE_URLS=false)" in _one_line_error(_run("search", "--image-url", url))
 
 
+def test_a_large_photo_by_url_searches_as_the_same_file(indexed, photo_server, monkeypatch):
+    """A photo past DECODE_MAX_SIDE: by URL it is decoded as by file (reduced the same way), so
+    both queries embed the same vector and give the same hits and scores."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    large = indexed.root / "large.jpg"
+    Image.fromarray(rng.integers(0, 255, size=(45, 60, 3), dtype=np.uint8)).resize((2400, 1800), Image.BICUBIC) \
+        .save(large, format="JPEG", quality=90)
+    monkeypatch.setenv("IMAGE_URL_ALLOW_PRIVATE", "true")
+    by_file = _json(_run("search", "--image", str(large), "--top-k", "6", "--json"))
+    by_url = _json(_run("search", "--image-url", f"{photo_server}/large.jpg", "--top-k", "6", "--json"))
+    assert [(h["point_id"], h["score"]) for h in by_url["hits"]] == [(h["point_id"], h["score"]) for h in by_file["hits"]]
+
+
 def test_usage_errors_exit_2(indexed):
     photo = str(indexed.photos[0].path)
     some_id = "00000000-0000-0000-0000-000000000001"

@@ -10,7 +10,8 @@ What a fetch allows (all checked on every redirect hop):
   (a larger Content-Length is refused before reading, a body without one is cut at the limit);
 - the whole fetch, DNS and redirects included, within `timeout` seconds: a watchdog shuts the
   socket at the deadline, so a server that sends one byte a second cannot hold a request;
-- the bytes are decoded by `core.vision.images.load_photo` (size limit in pixels, EXIF, any mode to RGB).
+- the bytes are decoded as a query photo file is (`core.vision.crops.load_query_photo`: size limit
+  in pixels, EXIF, any mode to RGB, reduced to DECODE_MAX_SIDE when given).
 
 Proxies (HTTP_PROXY) are not used. Every failure is one ImageUrlError line.
 """
@@ -228,23 +229,26 @@ def _read_body(response: http.client.HTTPResponse, limits: UrlLimits, deadline: 
     return b"".join(chunks)
 
 
-def fetch_photo(url: str, limits: UrlLimits, max_pixels: int):
-    """The photo at `url` as an upright RGB image (Pillow), or ImageUrlError with one reason."""
+def fetch_photo(url: str, limits: UrlLimits, max_pixels: int, decode_max_side: int | None = None):
+    """The photo at `url` as an upright RGB image (Pillow), or ImageUrlError with one reason.
+    Decoded as a query photo file is (`core.vision.crops.load_query_photo`: reduced to
+    `decode_max_side` as ingest reduces catalogue photos; None = full size), so a URL query and a
+    file query of the same photo give the same crops."""
     data, content_type = fetch_image_bytes(url, limits)
     with tempfile.TemporaryDirectory(prefix="shoe-url-") as folder:
         path = Path(folder) / f"photo{_SUFFIXES.get(content_type, '.img')}"
         path.write_bytes(data)
         try:
-            from core.vision.images import load_photo
+            from core.vision.crops import load_query_photo
 
-            return load_photo(path, max_pixels)
+            return load_query_photo(path, max_pixels, decode_max_side)
         except BadImage as exc:
             raise _fail(str(exc)) from None
 
 
-def save_photo(url: str, limits: UrlLimits, max_pixels: int, folder: Path) -> Path:
+def save_photo(url: str, limits: UrlLimits, max_pixels: int, folder: Path, decode_max_side: int | None = None) -> Path:
     """Fetch and check the photo at `url`, then keep it as a PNG in `folder` (for the UI to show)."""
-    photo = fetch_photo(url, limits, max_pixels)
+    photo = fetch_photo(url, limits, max_pixels, decode_max_side)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, prefix="url-", suffix=".png", delete=False) as out:
         photo.save(out, format="PNG", compress_level=1)

@@ -144,3 +144,31 @@ def test_photo_by_url(handlers, sample, photo_server):
     assert missing.status == "⚠️ The image URL cannot be used: the server answered 404 File not found."
     handlers.settings = handlers.settings.model_copy(update={"image_urls": False})
     assert "IMAGE_URLS=false" in handlers.search_image(None, 0, [], image_url=url).status
+
+
+def test_a_large_photo_by_url_searches_as_the_same_file(handlers, tmp_path):
+    """Past DECODE_MAX_SIDE a URL photo is reduced as a query file is: the same hits and scores."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    large = tmp_path / "large.jpg"
+    Image.fromarray(rng.integers(0, 255, size=(45, 60, 3), dtype=np.uint8)).resize((2400, 1800), Image.BICUBIC) \
+        .save(large, format="JPEG", quality=90)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        handlers.settings = handlers.settings.model_copy(update={"image_url_allow_private": True})
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/large.jpg"
+        by_url = handlers.search_image(None, 0, [], top_k=5, image_url=url)
+        by_file = handlers.search_image(str(large), 0, [], top_k=5)
+        assert by_url.hits and [(h["point_id"], h["score"]) for h in by_url.hits] == \
+            [(h["point_id"], h["score"]) for h in by_file.hits]
+        assert max(handlers.fetch_url(url)[0].size) <= handlers.settings.decode_max_side
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
