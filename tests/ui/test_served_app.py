@@ -21,11 +21,12 @@ def test_named_endpoints_with_meaningful_parameters(client):
     def names(endpoint):
         return [p["parameter_name"] for p in endpoints[endpoint]["parameters"]]
 
-    assert names("/search_text") == ["query", *FILTERS]
-    # Words and the URL are appended after the filters: positional callers keep working.
-    assert names("/search_image") == ["photo", "region", *FILTERS, "text", "text_weight", "not_text", "image_url"]
-    assert names("/more_like_this") == ["point_id", *FILTERS, "text", "text_weight", "not_text"]
-    assert names("/refine") == ["liked", "disliked", *FILTERS]
+    # Words, the URL and collapse_linked are appended after the filters: positional callers keep working.
+    assert names("/search_text") == ["query", *FILTERS, "collapse_linked"]
+    assert names("/search_image") == ["photo", "region", *FILTERS, "text", "text_weight", "not_text", "image_url",
+                                      "collapse_linked"]
+    assert names("/more_like_this") == ["point_id", *FILTERS, "text", "text_weight", "not_text", "collapse_linked"]
+    assert names("/refine") == ["liked", "disliked", *FILTERS, "collapse_linked"]
     assert names("/factories") == []
     assert endpoints["/search_text"]["description"].startswith("Search by words")
 
