@@ -59,6 +59,16 @@ def _points(n, rng, factories=("a", "b", "c", "d")):
     ]
 
 
+def _filled(store, n, rng):
+    """`n` random points (drawn from `rng`) upserted in batches of 500, the index optimized; the points."""
+    points = _points(n, rng)
+    store.ensure_collection("m", DIM)
+    for start in range(0, len(points), 500):
+        store.upsert(points[start:start + 500])
+    store.optimize()
+    return points
+
+
 def test_empty_store_answers_empty(store):
     assert store.info() is None
     assert store.count() == 0 and store.facet("factory") == {}
@@ -115,11 +125,7 @@ def test_count_facet_scroll_with_filters(store):
 def test_filtered_query_equals_brute_force(store):
     """Recall against numpy on a few thousand points: filtered results are exact."""
     rng = np.random.default_rng(3)
-    points = _points(3000, rng)
-    store.ensure_collection("m", DIM)
-    for start in range(0, len(points), 500):
-        store.upsert(points[start:start + 500])
-    store.optimize()
+    points = _filled(store, 3000, rng)
     matrix = np.stack([p.vector for p in points])
     factories = np.array([p.payload["factory"] for p in points])
     queries = rng.normal(size=(20, DIM)).astype(np.float32)
@@ -347,11 +353,7 @@ def test_query_batch_equals_numpy_and_single_queries(store):
     equal to numpy's exact ranking, filtered or not, with or without payloads."""
     assert store.query_batch([np.ones(DIM)], limit=3) == [[]]  # no collection yet
     rng = np.random.default_rng(5)
-    points = _points(2000, rng)
-    store.ensure_collection("m", DIM)
-    for start in range(0, len(points), 500):
-        store.upsert(points[start:start + 500])
-    store.optimize()
+    points = _filled(store, 2000, rng)
     assert store.query_batch([], limit=3) == []
     matrix = np.stack([p.vector for p in points])
     factories = np.array([p.payload["factory"] for p in points])
