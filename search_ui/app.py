@@ -73,6 +73,36 @@ REVIEW_KEYS = """() => {
 }"""
 
 
+# The Args every search endpoint shares, filled into each one's docstring (Gradio reads each
+# function's own docstring for its API page).
+SEARCH_DOC = {
+    "filters": """factories: only these factories (empty: all)
+product: product id filter ("" = none); a substring unless exact
+exact: the product id must equal `product`
+min_score: leave out results below this cosine similarity (0 = off)
+top_k: how many results (1-200)
+one_per_product: keep only the best crop of each product (captioned "+n more crops")
+group: only crops of this duplicate group id ("" = none)""",
+    "collapse_linked": "collapse_linked: one result per group of products linked across factories (also_sold_as: the others)",
+    "returns": """Returns:
+    gallery (thumbnail, caption), status line, hits (point_id, score, payload)""",
+}
+
+
+def search_endpoint_doc(fn):
+    """`fn` with each `{name}` line of its docstring replaced by SEARCH_DOC[name], at that line's indent."""
+    lines = []
+    for line in fn.__doc__.split("\n"):
+        key = line.strip()
+        if key.startswith("{") and key.endswith("}") and key[1:-1] in SEARCH_DOC:
+            indent = line[:len(line) - len(line.lstrip())]
+            lines += [indent + part for part in SEARCH_DOC[key[1:-1]].split("\n")]
+        else:
+            lines.append(line)
+    fn.__doc__ = "\n".join(lines)
+    return fn
+
+
 def upload_path(payload: Any, max_bytes: int) -> str | None:
     """The local file behind an image input's raw payload (a FileData dict, a path or a data: URL)."""
     if payload is None:
@@ -301,6 +331,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         api_collapse = gr.Checkbox(False, visible=False, label="collapse_linked")
         api_shown = [gr.Gallery(visible=False), gr.State([]), gr.Markdown(visible=False), gr.JSON(visible=False)]
 
+        @search_endpoint_doc
         def search_text(query: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
                         min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "",
                         collapse_linked: bool = False):
@@ -308,16 +339,9 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
 
             Args:
                 query: what the shoe looks like, in words
-                factories: only these factories (empty: all)
-                product: product id filter ("" = none); a substring unless exact
-                exact: the product id must equal `product`
-                min_score: leave out results below this cosine similarity (0 = off)
-                top_k: how many results (1-200)
-                one_per_product: keep only the best crop of each product (captioned "+n more crops")
-                group: only crops of this duplicate group id ("" = none)
-                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
-            Returns:
-                gallery (thumbnail, caption), status line, hits (point_id, score, payload)
+                {filters}
+                {collapse_linked}
+            {returns}
             """
             return outputs_of(handlers.search_text(query, factories, product, exact, min_score, top_k,
                                                    one_per_product, group, collapse_linked))
@@ -333,6 +357,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             items, note = handlers.detect(upload_path(photo, max_upload))
             return items, note, 0, ""
 
+        @search_endpoint_doc
         def search_image(photo=None, region: int = 0, factories: list[str] | None = None, product: str = "",
                          exact: bool = False, min_score: float = 0.0, top_k: int = 24,
                          one_per_product: bool = False, group: str = "", text: str = "", text_weight: float = 1.0,
@@ -342,20 +367,13 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             Args:
                 photo: the query photo (gradio_client: handle_file(path or URL)); None to use image_url
                 region: 0 = the most confident detected shoe, 1 = the next, ..., -1 = the whole photo
-                factories: only these factories (empty: all)
-                product: product id filter ("" = none); a substring unless exact
-                exact: the product id must equal `product`
-                min_score: leave out results below this cosine similarity (0 = off)
-                top_k: how many results (1-200)
-                one_per_product: keep only the best crop of each product (captioned "+n more crops")
-                group: only crops of this duplicate group id ("" = none)
+                {filters}
                 text: words to add, comma-separated ("red, patent leather"): like this photo, but ...
                 text_weight: weight of each word against the photo, which weighs 1 (0-5)
                 not_text: words to avoid, comma-separated ("suede")
                 image_url: an http(s) URL the server fetches the photo from, when `photo` is None
-                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
-            Returns:
-                gallery (thumbnail, caption), status line, hits (point_id, score, payload)
+                {collapse_linked}
+            {returns}
             """
             return outputs_of(handlers.search_image(upload_path(photo, max_upload), region, factories, product,
                                                     exact, min_score, top_k, one_per_product, group, text,
@@ -418,6 +436,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
         results.select(select_hit, [hits_state], [detail_photo, detail, selected_id], api_visibility="private",
                        js=SCROLL_TO_DETAIL)
 
+        @search_endpoint_doc
         def more_like_this(point_id: str, factories: list[str] | None = None, product: str = "", exact: bool = False,
                            min_score: float = 0.0, top_k: int = 24, one_per_product: bool = False, group: str = "",
                            text: str = "", text_weight: float = 1.0, not_text: str = "", collapse_linked: bool = False):
@@ -426,19 +445,12 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
 
             Args:
                 point_id: an indexed crop's id (a hit's point_id)
-                factories: only these factories (empty: all)
-                product: product id filter ("" = none); a substring unless exact
-                exact: the product id must equal `product`
-                min_score: leave out results below this cosine similarity (0 = off)
-                top_k: how many results (1-200)
-                one_per_product: keep only the best crop of each product (captioned "+n more crops")
-                group: only crops of this duplicate group id ("" = none)
+                {filters}
                 text: words to add, comma-separated ("red"): like this crop, but ...
                 text_weight: weight of each word against the crop, which weighs 1 (0-5)
                 not_text: words to avoid, comma-separated ("suede")
-                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
-            Returns:
-                gallery (thumbnail, caption), status line, hits (point_id, score, payload)
+                {collapse_linked}
+            {returns}
             """
             return outputs_of(handlers.more_like_this(point_id, factories, product, exact, min_score, top_k,
                                                       one_per_product, group, text, text_weight, not_text,
@@ -466,6 +478,7 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
                               [query_tabs, photo, regions, detect_note, region, crop_query, *shown],
                               api_visibility="private", js=SCROLL_TO_QUERY)
 
+        @search_endpoint_doc
         def refine(liked: list[str] | None = None, disliked: list[str] | None = None,
                    factories: list[str] | None = None, product: str = "", exact: bool = False, min_score: float = 0.0,
                    top_k: int = 24, one_per_product: bool = False, group: str = "", collapse_linked: bool = False):
@@ -475,16 +488,9 @@ def build_app(handlers: "Handlers") -> "gr.Blocks":
             Args:
                 liked: point ids of indexed crops to find more like
                 disliked: point ids of indexed crops to move away from
-                factories: only these factories (empty: all)
-                product: product id filter ("" = none); a substring unless exact
-                exact: the product id must equal `product`
-                min_score: leave out results below this cosine similarity (0 = off)
-                top_k: how many results (1-200)
-                one_per_product: keep only the best crop of each product (captioned "+n more crops")
-                group: only crops of this duplicate group id ("" = none)
-                collapse_linked: one result per group of products linked across factories (also_sold_as: the others)
-            Returns:
-                gallery (thumbnail, caption), status line, hits (point_id, score, payload)
+                {filters}
+                {collapse_linked}
+            {returns}
             """
             return outputs_of(handlers.refine(liked, disliked, factories, product, exact, min_score, top_k,
                                               one_per_product, group, collapse_linked))

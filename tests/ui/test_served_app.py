@@ -89,3 +89,23 @@ def test_readme_gradio_client_example(served, sample, tmp_path, capsys):
     exec(compile(code.replace("http://127.0.0.1:7860/", served), "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "results for the photo" in printed and "factory_a (" in printed
+
+
+def test_every_search_endpoint_documents_every_parameter(handlers):
+    """The Args Gradio reads (API and MCP descriptions): the shared filter lines are filled into each
+    search endpoint's own docstring, so every parameter is described and no placeholder is left."""
+    from gradio.utils import get_function_description
+
+    from search_ui.app import build_app
+
+    demo = build_app(handlers)
+    documented = {fn.api_name: fn.fn for fn in demo.fns.values()
+                  if fn.api_name in ("search_text", "search_image", "more_like_this", "refine")}
+    assert len(documented) == 4
+    for name, fn in documented.items():
+        description, parameters, returns = get_function_description(fn)
+        assert "{" not in fn.__doc__, name
+        assert all(parameters.values()), (name, [p for p, text in parameters.items() if not text])
+        assert parameters["factories"] == "only these factories (empty: all)"
+        assert parameters["collapse_linked"].startswith("one result per group of products linked")
+        assert returns == ["gallery (thumbnail, caption), status line, hits (point_id, score, payload)"]
