@@ -125,13 +125,20 @@ def ingest_service(settings: Settings, store: Store, head_index=None, embedder=N
     )
 
 
+def decisions(settings: Settings):
+    """The review decisions file kept with this index (DATA_DIR, QDRANT_COLLECTION)."""
+    from core.duplicates.review import Decisions
+
+    return Decisions(settings.data_dir, settings.qdrant_collection)
+
+
 def product_links(settings: Settings):
     """A reader of the review's products linked across factories ('factory/product' -> its link group),
     from the decisions file beside the index, as it is when called."""
-    from core.duplicates.review import Decisions, linked_products
+    from core.duplicates.review import linked_products
 
-    decisions = Decisions(settings.data_dir, settings.qdrant_collection)
-    return lambda: linked_products(decisions.load())
+    kept = decisions(settings)
+    return lambda: linked_products(kept.load())
 
 
 class App:

@@ -513,9 +513,10 @@ def eval_command(
 
 def _product_links(settings: Settings) -> dict[str, list[str]]:
     """The review's product links ('factory/product' -> its link group); DecisionsError when none."""
-    from core.duplicates.review import Decisions, require_product_links
+    from core.app import decisions
+    from core.duplicates.review import require_product_links
 
-    return require_product_links(Decisions(settings.data_dir, settings.qdrant_collection).load())
+    return require_product_links(decisions(settings).load())
 
 
 def _links_summary(links: dict[str, list[str]]) -> dict[str, int]:
@@ -802,10 +803,10 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _decisions(settings: Settings):
-    from core.duplicates.review import Decisions
+def _review_decisions(settings: Settings):
+    from core.app import decisions
 
-    return Decisions(settings.data_dir, settings.qdrant_collection)
+    return decisions(settings)
 
 
 @review_app.command(name="status")
@@ -815,7 +816,7 @@ def review_status(as_json: JsonFlag = False) -> None:
     from core.duplicates.service import last_clustering
 
     settings = _settings()
-    decisions = _decisions(settings)
+    decisions = _review_decisions(settings)
     with _user_errors(as_json):
         state = decisions.load()
         progress = last_clustering(settings.data_dir, settings.qdrant_collection)
@@ -857,7 +858,7 @@ def review_export(
     from core.duplicates.service import load_items
 
     settings = _settings(wait)
-    decisions = _decisions(settings)
+    decisions = _review_decisions(settings)
     with _user_errors(as_json):
         state = decisions.load()
         with _open_app(settings) as opened:
@@ -898,7 +899,7 @@ def review_import(
     from core.duplicates.review import ContentIndex, read_import
 
     settings = _settings(wait)
-    decisions = _decisions(settings)
+    decisions = _review_decisions(settings)
     with _user_errors(as_json):
         decisions.load()  # a damaged decisions file stops before the store is opened
         with _open_app(settings) as opened:
