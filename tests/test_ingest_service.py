@@ -351,8 +351,23 @@ def test_models_overlap_only_when_they_may(tmp_path, store, tiny_embedder):
     assert progress == [4, 8, 12]
 
     halves = _CallCountingEmbedder(tiny_embedder)
-    halves.active_precision = "int8"  # says it runs through ONNX Runtime, as ClipEmbedder's int8 tower does
+    halves.concurrent = True  # may run beside the detector, as ClipEmbedder says with its int8 ONNX tower
     other = tmp_path / "factory_h"
     shutil.copytree(root, other)
     report = _service(store, halves, _NoDetector(), tmp_path).add(discover(other), "factory_h")
     assert report.photos_added == 12 and halves.calls == 6  # 3 batches of 4, as halves of 2
+
+
+def test_models_say_whether_they_may_run_beside_another(tiny_embedder, tmp_path):
+    """What ingest's overlap asks each model (`concurrent`): no detection and the int8 ONNX image
+    tower may; CLIP in torch may not."""
+    from core.vision.detector import NoDetector
+    from core.vision.embedder import ClipEmbedder
+
+    assert NoDetector().concurrent is True
+    tiny_embedder.load()
+    assert tiny_embedder.active_precision == "fp32" and tiny_embedder.concurrent is False
+    int8 = ClipEmbedder(tiny_embedder.model_name, device="cpu", precision="int8",
+                        cache_dir=tmp_path)
+    int8.load()
+    assert int8.active_precision == "int8" and int8.concurrent is True

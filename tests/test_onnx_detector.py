@@ -81,6 +81,7 @@ def test_onnx_gives_the_torch_boxes_in_photo_pixels(lively_yolo, photos, tmp_pat
     expected = [torch_detector.detect([photo])[0] for photo in photos]
     found = onnx_detector.detect(photos)
     assert torch_detector.active_runtime == "torch" and onnx_detector.active_runtime == "onnx fp32"
+    assert not torch_detector.concurrent and onnx_detector.concurrent  # what ingest's overlap asks
     total = assert_same_boxes(expected, found)
     assert total >= 20, total  # the comparison is about real boxes
     labels = {d.label for per_photo in found for d in per_photo}

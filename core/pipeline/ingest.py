@@ -177,20 +177,14 @@ class IngestService:
 
     def _models_concurrent(self) -> bool:
         """May detection and embedding run on two threads at once? Only when both run through
-        ONNX Runtime (thread-safe sessions whose idle threads sleep; see onnx_yolo.no_spinning)
-        or detection is off: not ultralytics' torch predictor (it keeps per-call state), not
-        torch's CLIP (two calls would put four spinning OpenMP threads on the cores), not a
-        model we do not know. Loads the models (their runtimes decide); called when the first
-        photos reach them, so a rerun that adds nothing loads nothing."""
-        from core.vision.detector import NoDetector
-
+        ONNX Runtime or detection is off, not with torch or a model we do not know. Loads the
+        models (their runtimes decide); called when the first
+        photos reach them, so a rerun that adds nothing loads nothing. Each model says so itself
+        (`concurrent`); one that does not say is taken as no."""
         for model in (self.detector, self.embedder):
             if hasattr(model, "load"):
                 model.load()
-        detector = self.detector
-        detector_onnx = isinstance(detector, NoDetector) or \
-            str(getattr(detector, "active_runtime", "")).startswith("onnx")
-        return detector_onnx and getattr(self.embedder, "active_precision", "") == "int8"
+        return all(getattr(model, "concurrent", False) for model in (self.detector, self.embedder))
 
     def _prepare(self, batch: Sequence[PhotoSource], report: IngestReport,
                  seen_keys: set[tuple[str, str]], pool: ThreadPoolExecutor) -> list:

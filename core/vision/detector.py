@@ -29,6 +29,7 @@ class NoDetector:
     """Detection turned off (`DETECTOR_MODEL=none`): every photo is embedded whole."""
 
     name = "none"
+    concurrent = True  # nothing runs: safe beside anything
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         return [[] for _ in images]
@@ -82,6 +83,13 @@ class YoloDetector(LazyModel):
         self._yolo = None
         self._onnx = None
         self._class_ids: dict[int, str] = {}
+
+    @property
+    def concurrent(self) -> bool:
+        """May two `detect` calls run at once (after load)? Through ONNX Runtime, yes (thread-safe
+        sessions whose idle threads sleep, see onnx_yolo.no_spinning); ultralytics' torch
+        predictor keeps per-call state, so no."""
+        return self.active_runtime.startswith("onnx")
 
     def _load(self) -> None:
         if _looks_like_path(self.name) and not Path(self.name).is_file():

@@ -422,6 +422,12 @@ class ClipEmbedder(LazyModel):
         assert self._dimension is not None
         return self._dimension
 
+    @property
+    def concurrent(self) -> bool:
+        """May image embedding run beside another model's call (after load)? With the int8 tower in
+        ONNX Runtime, yes; torch's CLIP would put its spinning OpenMP threads on the same cores."""
+        return self.active_precision == "int8"
+
     def _encode(self, items: list) -> np.ndarray:
         """The torch model's own embeddings of `items` (images or texts)."""
         self.load()
